@@ -1,0 +1,192 @@
+"""Patch (sub-volume) sampling from one preprocessed case: random, balanced, Models Genesis, grid.
+
+Pure numpy, no Ray: :func:`sample_patches` is what the Ray Data pipeline calls once per case.
+A case is the dict :func:`rayssl.data.recipes.load_case` returns (``image`` ``[C, *spatial]``).
+Patches keep the volume's voxel grid; ``origin`` is the start index of the patch per spatial axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+from monai.data.utils import dense_patch_slices
+
+from rayssl.config import DataConfig
+
+GENESIS_MAX_ATTEMPTS = 50
+"""``genesis`` sampling: candidate crops drawn per patch before the best one found is kept."""
+
+
+def case_rng(seed: int, case_id: str, epoch: int = 0) -> np.random.Generator:
+    """A random generator that depends only on ``(seed, case_id, epoch)``.
+
+    Python's ``hash()`` is salted per process, so a cryptographic digest keeps the crops of a case
+    identical across workers, runs and machines.
+
+    Args:
+        seed: the run's seed (``DataConfig.seed``).
+        case_id: the case identifier.
+        epoch: the epoch; a new epoch draws new crops.
+    """
+    digest = hashlib.blake2b(f"{seed}\x00{case_id}\x00{epoch}".encode(), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def _check_roi(shape: Sequence[int], roi: Sequence[int]) -> None:
+    if len(roi) != len(shape):
+        raise ValueError(f"roi {tuple(roi)} has {len(roi)} axes but the image has spatial shape {tuple(shape)}")
+    if min(roi) < 1:
+        raise ValueError(f"roi must be positive, got {tuple(roi)}")
+
+
+def grid_origins(shape: Sequence[int], roi: Sequence[int], overlap: float = 0.0) -> list[tuple[int, ...]]:
+    """Start indices of sliding-window tiles that cover the whole volume (the last tile is flush).
+
+    Same positions as MONAI's ``sliding_window_inference`` for the same ``overlap``.
+
+    Args:
+        shape: spatial shape of the volume, each axis ``>= roi``.
+        roi: tile shape.
+        overlap: fraction of overlap between neighbouring tiles, in ``[0, 1)``.
+    """
+    _check_roi(shape, roi)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if any(s < r for s, r in zip(shape, roi)):
+        raise ValueError(f"volume shape {tuple(shape)} is smaller than roi {tuple(roi)}; pad it first (pad_to_roi)")
+    interval = [max(1, int(r * (1.0 - overlap))) for r in roi]
+    bounds = dense_patch_slices(tuple(shape), tuple(roi), interval, return_slice=False)
+    return [tuple(int(start) for start, _ in b) for b in bounds]
+
+
+def pad_to_roi(
+    image: np.ndarray, label: np.ndarray | None, roi: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad spatial axes shorter than ``roi`` at their end, so origins keep indexing the original volume.
+
+    Args:
+        image: ``[C, *spatial]``; padded with each channel's minimum (the background after windowing).
+        label: ``[*spatial]`` or ``None``; padded with 0 (background).
+        roi: the patch shape the volume must hold.
+    """
+    _check_roi(image.shape[1:], roi)
+    pad = [(0, max(0, r - s)) for s, r in zip(image.shape[1:], roi)]
+    if not any(after for _, after in pad):
+        return image, label
+    fill = image.reshape(image.shape[0], -1).min(axis=1) if image.size else np.zeros(image.shape[0])
+    image = np.stack([np.pad(ch, pad, mode="constant", constant_values=v) for ch, v in zip(image, fill)])
+    if label is not None:
+        label = np.pad(label, pad, mode="constant", constant_values=0)
+    return image, label
+
+
+def _uniform(rng: np.random.Generator, shape: Sequence[int], roi: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(rng.integers(0, s - r + 1)) for s, r in zip(shape, roi))
+
+
+def _centred(centre: Sequence[int], shape: Sequence[int], roi: Sequence[int]) -> tuple[int, ...]:
+    # the crop centred on a voxel, shifted back inside the volume (like MONAI's correct_crop_centers)
+    return tuple(int(min(max(c - r // 2, 0), s - r)) for c, s, r in zip(centre, shape, roi))
+
+
+def _balanced(rng, label, n, pos_fraction, shape, roi) -> list[tuple[int, ...]]:
+    # MONAI's RandCropByPosNegLabel draws pos/neg per crop at random and centres negatives on
+    # background voxels; here the positive count is exact (round(n * pos_fraction)) and the rest uniform.
+    fg = np.flatnonzero(label > 0) if label is not None else np.empty(0, dtype=np.int64)
+    n_pos = int(round(n * pos_fraction)) if fg.size else 0
+    origins = []
+    for flat in rng.choice(fg, size=n_pos, replace=True) if n_pos else []:
+        origins.append(_centred(np.unravel_index(flat, shape), shape, roi))
+    origins += [_uniform(rng, shape, roi) for _ in range(n - n_pos)]
+    order = rng.permutation(n)
+    return [origins[i] for i in order]
+
+
+def _tissue_fraction(image: np.ndarray, origin, roi, threshold: float) -> float:
+    crop = image[(slice(None), *(slice(o, o + r) for o, r in zip(origin, roi)))]
+    return float((crop > threshold).mean())
+
+
+def _genesis(rng, image, n, data: DataConfig, shape, roi) -> list[tuple[tuple[int, ...], float]]:
+    # Models Genesis: redraw a crop that is mostly air; after GENESIS_MAX_ATTEMPTS keep the best one
+    picked = []
+    for _ in range(n):
+        best, best_frac = None, -1.0
+        for _ in range(GENESIS_MAX_ATTEMPTS):
+            origin = _uniform(rng, shape, roi)
+            frac = _tissue_fraction(image, origin, roi, data.air_threshold)
+            if frac > best_frac:
+                best, best_frac = origin, frac
+            if frac >= data.min_tissue_fraction:
+                break
+        picked.append((best, best_frac))
+    return picked
+
+
+def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> list[dict]:
+    """Cut one preprocessed case into patches.
+
+    Modes (``data.sampling``): ``random`` uniform crops; ``balanced`` a fraction ``data.pos_fraction`` of
+    crops centred on a random labelled voxel (> 0), the rest uniform (all uniform when the case has no
+    foreground); ``genesis`` uniform crops whose fraction of voxels above ``data.air_threshold`` is at
+    least ``data.min_tissue_fraction`` (each patch carries ``tissue_fraction``; a value below the minimum
+    flags a case where no crop passed after ``GENESIS_MAX_ATTEMPTS`` draws); ``grid`` every sliding-window
+    tile (``data.grid_overlap``). Volumes smaller than the ROI are padded, never skipped. When the ROI
+    equals the (padded) spatial shape, e.g. a whole 2D chest X-ray, the single patch is the image itself.
+
+    Args:
+        volume: ``{"image": [C, *spatial], "label": [*spatial] | None, "target": [K] | None,
+            "case_id", "split", ...}`` as returned by ``load_case``.
+        data: ``roi``, ``patches_per_volume``, ``sampling`` and its parameters, ``patch_dtype``.
+        rng: the case's generator, see :func:`case_rng`.
+
+    Returns:
+        Patches ``{"image": [C, *roi] (patch_dtype), "label": [*roi] uint8 (labelled cases only),
+        "target": [K] float32 (when the case has one), "case_id", "split", "origin": int64 [ndim]}``.
+    """
+    image, label = volume["image"], volume.get("label")
+    if image.ndim != len(data.roi) + 1:
+        raise ValueError(
+            f"case {volume.get('case_id')!r}: image shape {image.shape} does not match roi {data.roi} "
+            f"(expected [C, {len(data.roi)} spatial axes])"
+        )
+    if label is not None and label.shape != image.shape[1:]:
+        raise ValueError(f"case {volume.get('case_id')!r}: label shape {label.shape} != image shape {image.shape[1:]}")
+    roi = tuple(data.roi)
+    image, label = pad_to_roi(image, label, roi)
+    shape = image.shape[1:]
+    n = data.patches_per_volume
+
+    fractions = None
+    if shape == roi:
+        origins = [(0,) * len(roi)]
+    elif data.sampling == "grid":
+        origins = grid_origins(shape, roi, data.grid_overlap)
+    elif data.sampling == "balanced":
+        origins = _balanced(rng, label, n, data.pos_fraction, shape, roi)
+    elif data.sampling == "genesis":
+        origins, fractions = map(list, zip(*_genesis(rng, image, n, data, shape, roi)))
+    else:
+        origins = [_uniform(rng, shape, roi) for _ in range(n)]
+
+    target = volume.get("target")
+    patches = []
+    for i, origin in enumerate(origins):
+        box = tuple(slice(o, o + r) for o, r in zip(origin, roi))
+        patch = {
+            "image": np.ascontiguousarray(image[(slice(None), *box)], dtype=data.patch_dtype),
+            "case_id": volume["case_id"],
+            "split": volume["split"],
+            "origin": np.asarray(origin, dtype=np.int64),
+        }
+        if label is not None:
+            patch["label"] = np.ascontiguousarray(label[box], dtype=np.uint8)
+        if target is not None:
+            patch["target"] = np.asarray(target, dtype=np.float32)
+        if data.sampling == "genesis":
+            frac = fractions[i] if fractions is not None else _tissue_fraction(image, origin, roi, data.air_threshold)
+            patch["tissue_fraction"] = np.float32(frac)
+        patches.append(patch)
+    return patches
