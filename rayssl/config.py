@@ -192,3 +192,108 @@ def load_config(
 def dump_config(cfg: BaseModel) -> dict:
     """A JSON/YAML-serialisable dict of ``cfg`` that ``build_config`` accepts back."""
     return cfg.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- pre-training
+
+
+class ModelConfig(Strict):
+    """The network: a masked autoencoder (2D/3D ViT) or the Models Genesis U-Net."""
+
+    method: Literal["mae", "genesis"] = "mae"
+    size: Literal["tiny", "small", "base", "large"] = "base"
+    """ViT encoder size (tiny/small/base/large)."""
+    patch_size: int = Field(16, ge=2)
+    decoder_embed_dim: int = Field(384, ge=6)
+    decoder_depth: int = Field(8, ge=1)
+    decoder_num_heads: int = Field(12, ge=1)
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    norm_pix_loss: bool = False
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    unet_base_channels: int = Field(32, ge=1)
+    unet_norm: Literal["batch", "instance", "group"] = "batch"
+
+
+class CorruptionConfig(Strict):
+    """Models Genesis corruption probabilities (paper defaults)."""
+
+    flip_prob: float = Field(0.4, ge=0.0, le=1.0)
+    shuffle_prob: float = Field(0.5, ge=0.0, le=1.0)
+    nonlinear_prob: float = Field(0.9, ge=0.0, le=1.0)
+    paint_prob: float = Field(0.9, ge=0.0, le=1.0)
+    inpaint_rate: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class OptimConfig(Strict):
+    """Optimiser and schedule. ``lr = base_lr * total_batch / 256`` unless ``lr`` is given."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    base_lr: float = Field(1.5e-4, gt=0)
+    lr: float | None = Field(None, gt=0)
+    min_lr: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.05, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    step_epochs: int = Field(10, ge=1)
+    """``step`` schedule: halve the lr every this many epochs (Models Genesis)."""
+    step_gamma: float = Field(0.5, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+    grad_accum: int = Field(1, ge=1)
+
+
+class ScaleConfig(Strict):
+    """Ray Train workers and DeepSpeed. ``num_workers`` may be ``[min, max]`` for elastic runs."""
+
+    num_workers: int | tuple[int, int] = 1
+    use_gpu: bool | None = None
+    """``None``: use GPUs if the cluster has any."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto``: bf16 on GPU, fp32 on CPU."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "ScaleConfig":
+        w = self.num_workers
+        if isinstance(w, tuple) and not (1 <= w[0] <= w[1]):
+            raise ValueError(f"num_workers=[min, max] needs 1 <= min <= max, got {list(w)}")
+        if isinstance(w, int) and w < 1:
+            raise ValueError(f"num_workers must be >= 1, got {w}")
+        return self
+
+
+class RunConfig(Strict):
+    """Where a run lives and how it is checkpointed."""
+
+    name: str | None = None
+    """Run name; re-running with the same name resumes from its last checkpoint."""
+    storage_path: str = "runs"
+    """Local directory or ``s3://`` / ``gs://`` URI."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Checkpoint every this many optimiser steps (and at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0)
+    log_every: int = Field(10, ge=1)
+    preview_every: int = Field(5, ge=0)
+    """Write reconstruction previews every this many epochs (0: only at the end)."""
+
+
+class PretrainConfig(Strict):
+    """``jobs/pretrain.py``: self pre-training with MAE or Models Genesis."""
+
+    preset: str | None = None
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    corruption: CorruptionConfig = CorruptionConfig()
+    optim: OptimConfig = OptimConfig()
+    scale: ScaleConfig = ScaleConfig()
+    run: RunConfig = RunConfig()
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    """Per-worker micro-batch."""
+    seed: int = 0
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimiser steps (for smoke tests); ``None``: run all epochs."""

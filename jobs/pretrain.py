@@ -1,0 +1,17 @@
+"""Self pre-training (MAE or Models Genesis) on Ray Train + DeepSpeed.
+
+    python jobs/pretrain.py [--preset NAME] [--config FILE] [key=value ...]
+
+With no arguments: the ``tiny`` preset on the embedded synthetic CT phantoms, local Ray, CPU or GPU.
+The last printed line is the run directory.
+"""
+
+from rayssl.cli import init_ray, parse_job_args
+from rayssl.config import PretrainConfig
+
+if __name__ == "__main__":
+    cfg, _ = parse_job_args("pretrain", PretrainConfig, __doc__.splitlines()[0], default_preset="tiny")
+    init_ray()
+    from rayssl.train.pretrain import pretrain
+
+    print(pretrain(cfg))

@@ -1,0 +1,50 @@
+"""Files of a run (metrics, previews, exported weights, result) in a local or remote run directory.
+
+Files are written to a local folder: the run directory itself when it is local, otherwise a
+staging folder that ``sync()`` uploads to the ``s3://`` / ``gs://`` run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+class RunFiles:
+    """The run directory as seen by the driver or by the rank-0 worker."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = str(run_dir)
+        self.remote = is_uri(self.run_dir)
+        self.local = Path(tempfile.mkdtemp(prefix="rayssl-run-")) if self.remote else Path(self.run_dir)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def path(self, rel: str) -> Path:
+        p = self.local / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def append_jsonl(self, rel: str, record: dict) -> None:
+        with self.path(rel).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def write_json(self, rel: str, obj) -> Path:
+        p = self.path(rel)
+        p.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        return p
+
+    def uri(self, rel: str) -> str:
+        return f"{self.run_dir.rstrip('/')}/{rel}" if self.remote else str(self.local / rel)
+
+    def sync(self) -> None:
+        """Upload the staged files (no-op for a local run directory)."""
+        if self.remote:
+            fs, root = pafs.FileSystem.from_uri(self.run_dir)
+            pafs.copy_files(str(self.local), root, destination_filesystem=fs)

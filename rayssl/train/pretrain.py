@@ -1,0 +1,136 @@
+"""``pretrain(cfg)``: the driver side of self pre-training (a Ray Train ``TorchTrainer``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from rayssl.config import PretrainConfig, dump_config
+from rayssl.train.artifacts import RunFiles, is_uri
+from rayssl.train.checkpoint import export_state, load_weights, save_export
+from rayssl.train.loop import train_loop_per_worker
+from rayssl.train.methods import export_meta
+from rayssl.train.optim import effective_lr
+
+
+def default_run_name(cfg: PretrainConfig) -> str:
+    return f"{cfg.preset or 'pretrain'}-{cfg.model.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _max_workers(cfg: PretrainConfig) -> int:
+    w = cfg.scale.num_workers
+    return w[1] if isinstance(w, tuple) else w
+
+
+def use_gpu(cfg: PretrainConfig) -> bool:
+    """The config's choice, else whether the connected cluster has GPUs now."""
+    if cfg.scale.use_gpu is not None:
+        return cfg.scale.use_gpu
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def scaling_config(cfg: PretrainConfig) -> ray.train.ScalingConfig:
+    gpu = use_gpu(cfg)
+    resources = {"CPU": cfg.scale.cpus_per_worker}
+    if gpu:
+        resources["GPU"] = cfg.scale.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=cfg.scale.num_workers, use_gpu=gpu, resources_per_worker=resources)
+
+
+def data_plan(cfg: PretrainConfig):
+    """The training dataset (image column only), its expected size and channel count."""
+    from rayssl.data.pipeline import train_dataset
+
+    if cfg.data.cache_dir:
+        from rayssl.data.cache import read_manifest
+
+        manifest = read_manifest(cfg.data.cache_dir)
+        num_patches = int(manifest["splits"]["train"]["patches"])
+        channels = int(manifest["channels"])
+    else:
+        from rayssl.data.sources import resolve_source
+
+        source = resolve_source(cfg.data)
+        n_cases = sum(c.split == "train" for c in source.cases)
+        if n_cases == 0:
+            raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
+        num_patches = n_cases * cfg.data.patches_per_volume
+        channels = source.channels
+    ds = train_dataset(cfg.data, split="train").select_columns(["image"])
+    return ds, num_patches, channels
+
+
+def pretrain(cfg: PretrainConfig) -> str:
+    """Run self pre-training; returns the run directory (local path or URI).
+
+    The run directory ``<run.storage_path>/<run.name>`` holds Ray Train's checkpoints,
+    ``metrics.jsonl``, ``previews/*.png``, ``export/encoder.safetensors`` (+ ``.json`` sidecar) and
+    ``result.json``. Re-running with the same ``run.name`` resumes from the last checkpoint.
+    """
+    name = cfg.run.name or default_run_name(cfg)
+    storage = cfg.run.storage_path if is_uri(cfg.run.storage_path) else str(Path(cfg.run.storage_path).resolve())
+    run_dir = f"{storage.rstrip('/')}/{name}"
+    files = RunFiles(run_dir)
+    files.write_json("config.json", dump_config(cfg))
+
+    ds, num_patches, channels = data_plan(cfg)
+    total_batch = cfg.batch_size * cfg.optim.grad_accum * _max_workers(cfg)
+    plan = {
+        "run_dir": run_dir,
+        "num_patches": num_patches,
+        "channels": channels,
+        "lr": effective_lr(cfg.optim, total_batch),
+    }
+    print(
+        f"[rayssl] pre-training {cfg.model.method} ({cfg.model.size}) on {cfg.data.source}: ~{num_patches} patches/epoch, "
+        f"{cfg.epochs} epochs, total batch {total_batch}, lr {plan['lr']:.3g}, run dir {run_dir}",
+        flush=True,
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": dump_config(cfg), "plan": plan},
+        scaling_config=scaling_config(cfg),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets={"train": ds},
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    if result.error:
+        raise result.error
+    metrics = result.metrics or {}
+
+    with result.checkpoint.as_directory() as ckpt:
+        weights = export_state(cfg.model.method, load_weights(ckpt))
+    meta = {**export_meta(cfg, channels), "steps": metrics.get("step"), "final_loss": metrics.get("loss")}
+    name_out = "encoder" if cfg.model.method == "mae" else "unet"
+    weights_path, _ = save_export(weights, meta, files.path(f"export/{name_out}"))
+    summary = {
+        "method": cfg.model.method,
+        "preset": cfg.preset,
+        "final_loss": metrics.get("loss"),
+        "steps": metrics.get("step"),
+        "epochs": metrics.get("epoch"),
+        "samples": metrics.get("samples"),
+        "samples_per_s": metrics.get("samples", 0) / wall if wall > 0 else None,
+        "wall_time_s": wall,
+        "world_size": metrics.get("world_size"),
+        "peak_mem_mb_max": metrics.get("peak_mem_mb_max"),
+        "weights": files.uri(f"export/{weights_path.name}"),
+        "checkpoint": result.checkpoint.path,
+        "run_dir": run_dir,
+    }
+    files.write_json("result.json", summary)
+    files.sync()
+    print(json.dumps({k: summary[k] for k in ("final_loss", "steps", "samples_per_s", "weights")}), flush=True)
+    return run_dir
