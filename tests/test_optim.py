@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rayssl.config import OptimConfig
+from rayssl.train.optim import effective_lr, lr_factor, make_scheduler, param_groups
+
+
+def test_effective_lr_scales_base_lr_by_total_batch():
+    assert effective_lr(OptimConfig(base_lr=1.5e-4), 512) == pytest.approx(3e-4)
+    assert effective_lr(OptimConfig(lr=0.01), 512) == 0.01
+
+
+def test_warmup_then_cosine_to_min_lr():
+    o = OptimConfig(schedule="cosine", min_lr=1e-5)
+    base = 1e-3
+    f = lambda s: lr_factor(s, total_steps=110, warmup_steps=10, optim=o, steps_per_epoch=10, base_lr=base)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    # half-way through the cosine: the mean of peak and floor
+    assert f(60) * base == pytest.approx(0.5 * (base + 1e-5))
+    assert f(110) * base == pytest.approx(1e-5)
+    assert all(f(s) >= f(s + 1) - 1e-12 for s in range(10, 110))
+
+
+def test_step_schedule_halves_every_step_epochs():
+    o = OptimConfig(schedule="step", step_epochs=2, step_gamma=0.5, warmup_epochs=0)
+    f = lambda s: lr_factor(s, 1000, 0, o, steps_per_epoch=5, base_lr=1.0)
+    assert [f(0), f(9), f(10), f(19), f(20)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.proj = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+def test_no_weight_decay_on_biases_norms_and_tokens():
+    model = Tiny()
+    groups = param_groups(model, 0.05)
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_decay[0.05] == {id(model.proj.weight)}
+    assert by_decay[0.0] == {id(model.cls_token), id(model.proj.bias), id(model.norm.weight), id(model.norm.bias)}
+
+
+def test_scheduler_drives_optimizer_lr():
+    model = Tiny()
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
+    sched = make_scheduler(opt, OptimConfig(warmup_epochs=1), 1e-3, total_steps=20, steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4)
+    assert lrs[9] == pytest.approx(1e-3)
+    assert lrs[15] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
