@@ -1,0 +1,105 @@
+"""Parquet cache of patches: one folder of shards per split plus ``manifest.json``.
+
+Tensor columns (``image``, ``label``, ``origin``, ...) are written with Ray's Arrow tensor extension
+type, so they come back as tensors of the same dtype and shape, bit-identically. ``out`` may be a
+local folder or an ``s3://`` / ``gs://`` URI (``pyarrow.fs``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+
+import pyarrow.fs as pafs
+import ray.data
+
+from rayssl.data.io import open_uri
+
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.json"
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts for a local path or a URI (``os.path.join`` would break ``s3://``)."""
+    return posixpath.join(str(root), *parts) if "://" in str(root) else os.path.join(root, *parts)
+
+
+def write_patches(ds: ray.data.Dataset, out: str, split: str, rows_per_file: int = 256) -> str:
+    """Stream a patch dataset into ``<out>/<split>/*.parquet`` (zstd), replacing that split.
+
+    Args:
+        ds: rows ``{"image": [C, *roi], "label"?, "target"?, "case_id", "split", "origin"}``.
+        out: the cache root, local or ``s3://`` / ``gs://``.
+        split: sub-folder name (``train``, ``val``, ``test``).
+        rows_per_file: upper bound of rows per Parquet file.
+
+    Returns:
+        The split folder written.
+    """
+    if rows_per_file < 1:
+        raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
+    fs, root = open_uri(out)
+    path = posixpath.join(root, split)
+    ds.write_parquet(
+        path, filesystem=fs, max_rows_per_file=rows_per_file, compression="zstd", mode="overwrite"
+    )
+    return join(out, split)
+
+
+def delete_split(out: str, split: str) -> None:
+    """Remove ``<out>/<split>`` if present (used when a strict run fails after writing)."""
+    fs, root = open_uri(out)
+    path = posixpath.join(root, split)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def write_json(out: str, name: str, obj) -> str:
+    """Write ``obj`` as indented JSON to ``<out>/<name>``; returns that path."""
+    fs, root = open_uri(out)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(posixpath.join(root, name)) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+    return join(out, name)
+
+
+def read_manifest(path: str) -> dict:
+    """The ``manifest.json`` of a patch cache.
+
+    Args:
+        path: the cache root (or the manifest file itself).
+
+    Raises:
+        ValueError: no manifest there (not a finished patch cache) or not valid JSON.
+    """
+    fs, p = open_uri(path)
+    if not p.endswith(".json"):
+        p = posixpath.join(p, MANIFEST)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        raise ValueError(f"{path!r} is not a patch cache: {MANIFEST} not found (run jobs/prepare_data.py first)")
+    with fs.open_input_stream(p) as f:
+        try:
+            return json.loads(f.readall())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path!r}: {MANIFEST} is not valid JSON: {e}") from None
+
+
+def read_patches(path: str, split: str = "train") -> ray.data.Dataset:
+    """Stream the patches of one split from a cache written by ``prepare``.
+
+    Args:
+        path: the cache root, local or ``s3://`` / ``gs://``.
+        split: which split's shards to read.
+
+    Raises:
+        ValueError: not a cache, or the split was not written.
+    """
+    manifest = read_manifest(path)
+    available = sorted(manifest.get("splits", {}))
+    if split not in available:
+        raise ValueError(f"cache {path!r} has no split {split!r}; available: {', '.join(available) or 'none'}")
+    if not manifest["splits"][split].get("patches"):
+        raise ValueError(f"cache {path!r}: split {split!r} has no patches (every case was quarantined?)")
+    fs, root = open_uri(path)
+    return ray.data.read_parquet(posixpath.join(root, split), filesystem=fs)
