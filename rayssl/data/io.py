@@ -1,0 +1,214 @@
+"""Reading NIfTI volumes and 2D images from local paths or ``s3://`` / ``gs://`` / ``file://`` URIs.
+
+Everything goes through ``pyarrow.fs`` as bytes and is decoded in memory (nibabel for NIfTI, Pillow
+for PNG/JPEG), so the same code reads a laptop folder and a bucket. Every failure is a
+:class:`BadInput` whose message is a short reason; callers attach the path and quarantine the input.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pyarrow.fs as pafs
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class BadInput(Exception):
+    """An input that cannot be used; ``str(e)`` is the human-readable reason (e.g. ``'not a NIfTI file'``).
+
+    Args:
+        reason: short, specific reason.
+        path: the offending input, when known.
+    """
+
+    def __init__(self, reason: str, path: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.path = path
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def open_uri(path: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or an ``s3://``, ``gs://``, ``file://`` URI."""
+    path = str(path)
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def exists(path: str) -> bool:
+    """True if ``path`` is an existing file (local or remote)."""
+    if not is_uri(path):
+        return os.path.isfile(os.path.expanduser(path))
+    fs, p = open_uri(path)
+    return fs.get_file_info(p).type == pafs.FileType.File
+
+
+def read_bytes(path: str) -> bytes:
+    """All bytes of a file.
+
+    Raises:
+        BadInput: ``'file not found'`` or ``'cannot read file: ...'``.
+    """
+    try:
+        fs, p = open_uri(path)
+        info = fs.get_file_info(p)
+        if info.type == pafs.FileType.NotFound:
+            raise BadInput("file not found", path)
+        if info.type != pafs.FileType.File:
+            raise BadInput("not a file", path)
+        with fs.open_input_stream(p) as f:
+            return f.readall()
+    except BadInput:
+        raise
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read file: {e}", path) from None
+
+
+def _decode_nifti(raw: bytes, path: str) -> nib.Nifti1Image:
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error):
+            raise BadInput("truncated or corrupt gzip data", path) from None
+    # NIfTI-1: sizeof_hdr 348 and magic "n+1"; NIfTI-2: 540 and "n+2" (either byte order).
+    for size, klass in ((348, nib.Nifti1Image), (540, nib.Nifti2Image)):
+        if len(raw) >= size and size in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")):
+            try:
+                return klass.from_bytes(raw)
+            except Exception as e:  # nibabel raises many types for damaged headers
+                raise BadInput(f"unreadable NIfTI header: {e}", path) from None
+    raise BadInput("not a NIfTI file", path)
+
+
+def _nifti_array(path: str) -> tuple[np.ndarray, np.ndarray]:
+    img = _decode_nifti(read_bytes(path), path)
+    try:
+        data = np.asanyarray(img.dataobj)  # applies scl_slope/inter if set
+    except Exception as e:
+        raise BadInput(f"unreadable NIfTI data (truncated?): {e}", path) from None
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a ``.nii`` / ``.nii.gz`` file (local or URI) in memory.
+
+    Args:
+        path: local path or URI.
+
+    Returns:
+        ``(data, affine)``: the voxel array as stored (no reorientation), float32, and the 4x4 float64
+        voxel-to-world (RAS mm) affine.
+
+    Raises:
+        BadInput: missing file, truncated or garbage gzip, not a NIfTI file, unreadable data.
+    """
+    data, affine = _nifti_array(path)
+    return data.astype(np.float32, copy=False), affine
+
+
+def _squeeze_trailing(data: np.ndarray, ndim: int) -> np.ndarray:
+    while data.ndim > ndim and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
+
+
+def read_volume(paths: list[str] | str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a (multi-channel) volume.
+
+    Args:
+        paths: one 3D file (C=1), one 4D file with channels on the last axis (MSD BraTS), or several
+            3D files, one per modality, stacked as channels.
+
+    Returns:
+        ``(image, affine)``: image ``[C, X, Y, Z]`` float32 and the affine of the (first) file.
+
+    Raises:
+        BadInput: unreadable file, wrong dimensionality, or channel files whose shapes/affines differ.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise BadInput("no image path given")
+    chans, affine = [], None
+    for p in paths:
+        data, aff = read_nifti(p)
+        data = _squeeze_trailing(data, 4 if len(paths) == 1 else 3)
+        if len(paths) == 1 and data.ndim == 4:
+            chans.extend(np.moveaxis(data, -1, 0))  # [X, Y, Z, C] -> C x [X, Y, Z]
+        elif data.ndim == 3:
+            chans.append(data)
+        else:
+            want = "3D or 4D" if len(paths) == 1 else "3D (one file per channel)"
+            raise BadInput(f"expected a {want} volume, got shape {tuple(data.shape)}", p)
+        if affine is None:
+            affine = aff
+        elif not np.allclose(aff, affine, atol=1e-3):
+            raise BadInput(f"channel affine differs from the first channel's ({paths[0]})", p)
+        if chans[-1].shape != chans[0].shape:
+            raise BadInput(f"channel shape {chans[-1].shape} != first channel shape {chans[0].shape}", p)
+    return np.stack(chans).astype(np.float32, copy=False), affine
+
+
+def read_label(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a segmentation label map.
+
+    Returns:
+        ``(label, affine)``: label ``[X, Y, Z]`` uint8 (int16 if values fall outside 0..255).
+
+    Raises:
+        BadInput: unreadable file, not 3D, NaN or non-integer values.
+    """
+    data, affine = _nifti_array(path)
+    data = _squeeze_trailing(data, 3)
+    if data.ndim != 3:
+        raise BadInput(f"expected a 3D label map, got shape {tuple(data.shape)}", path)
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            raise BadInput(f"label has {int((~np.isfinite(data)).sum())} NaN/Inf voxels", path)
+        rounded = np.rint(data)
+        if np.abs(data - rounded).max(initial=0) > 1e-3:
+            raise BadInput("label has non-integer values", path)
+        data = rounded
+    lo, hi = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int16
+    if dtype is np.int16 and (lo < -32768 or hi > 32767):
+        raise BadInput(f"label values {lo}..{hi} do not fit int16", path)
+    return data.astype(dtype), affine
+
+
+def read_image_2d(path: str) -> np.ndarray:
+    """Read a PNG/JPEG (or any Pillow format) as grayscale.
+
+    Returns:
+        ``[1, H, W]`` float32 in the file's value range (0..255 for 8-bit, 0..65535 for 16-bit);
+        RGB/RGBA/palette images are converted to luminance.
+
+    Raises:
+        BadInput: missing file, not an image, unreadable pixel data.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    raw = read_bytes(path)
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            if im.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+                im = im.convert("L")
+            arr = np.asarray(im, dtype=np.float32)
+    except UnidentifiedImageError:
+        raise BadInput("not an image file", path) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadInput(f"unreadable image data: {e}", path) from None
+    if arr.ndim != 2:
+        raise BadInput(f"expected a 2D grayscale image, got shape {arr.shape}", path)
+    return arr[None]

@@ -1,0 +1,363 @@
+"""Data sources: turn a ``data.source`` SPEC into a list of cases with splits, without decoding volumes.
+
+SPEC forms: ``synthetic:ct|mri|cxr[:N]``, ``msd:PATH``, ``folder:IMAGES[,LABELS]``, ``csv:FILE.csv``,
+``cxr14:PATH``, or a bare PATH (auto-detected). Paths may be local or ``s3://`` / ``gs://`` / ``file://``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rayssl.config import DataConfig
+from rayssl.data.io import BadInput, exists, is_uri, open_uri, read_bytes
+from rayssl.data.synthetic import CXR_FINDINGS, ensure_synthetic
+
+SPEC_FORMS = (
+    "synthetic:ct[:N]", "synthetic:mri[:N]", "synthetic:cxr[:N]", "msd:PATH (folder with dataset.json, or the json)",
+    "folder:IMAGES[,LABELS]", "csv:FILE.csv", "cxr14:PATH", "PATH (auto-detected)",
+)  # fmt: skip
+SYNTHETIC_DEFAULT_N = {"ct": 8, "mri": 6, "cxr": 64}
+CXR14_CLASSES = list(CXR_FINDINGS)
+_MRI_NAMES = {"MRI", "MR", "FLAIR", "T1", "T1W", "T1GD", "T1C", "T2", "T2W", "ADC", "DWI", "PD"}
+_NIFTI = (".nii.gz", ".nii")
+_IMAGE_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Case:
+    """One input: image file(s), optional label, split and grouping key."""
+
+    case_id: str
+    image: list[str]
+    label: str | None = None
+    split: str = "train"
+    """``"train"``, ``"val"`` or ``"test"``."""
+    subject: str = ""
+    """Grouping key for the k-fold split (defaults to ``case_id``)."""
+    target: list[float] | None = None
+    """Multi-hot findings (2D CXR); ``None`` for volumes."""
+
+    def __post_init__(self):
+        self.subject = self.subject or self.case_id
+
+
+@dataclass
+class Source:
+    """A listed dataset: its cases and what is known about it without decoding any volume."""
+
+    kind: str
+    root: str
+    cases: list[Case]
+    spatial_dims: int
+    channels: int
+    recipe: str
+    labels: dict[int, str] = field(default_factory=dict)
+    modality: dict[int, str] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Case]:
+        """The cases of one split."""
+        return [c for c in self.cases if c.split == name]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _join(base: str, rel: str) -> str:
+    """``rel`` relative to folder ``base``; absolute paths and URIs are kept."""
+    rel = rel.strip()
+    if is_uri(rel) or posixpath.isabs(rel):
+        return rel
+    if rel.startswith("./"):
+        rel = rel[2:]
+    return posixpath.join(base, rel) if is_uri(base) else posixpath.normpath(posixpath.join(base, rel))
+
+
+def _stem(path: str) -> str:
+    name = posixpath.basename(path.rstrip("/"))
+    for ext in _NIFTI + _IMAGE_2D:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _read_text(path: str) -> str:
+    try:
+        return read_bytes(path).decode("utf-8-sig")
+    except BadInput as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _list_dir(folder: str) -> list[str] | None:
+    """Files directly in ``folder`` (full paths, sorted), or None if it is not a directory."""
+    fs, p = open_uri(folder)
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return None
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    return [_join(folder, n) for n in names if not n.startswith(".")]  # skips macOS "._x.nii.gz" files
+
+
+def _is_dir(path: str) -> bool:
+    return _list_dir(path) is not None
+
+
+def _is_nifti(path: str) -> bool:
+    return path.lower().endswith(_NIFTI)
+
+
+def _keep_existing(cases: list[Case], missing: list[tuple[str, str]]) -> list[Case]:
+    """Move cases whose image or label file does not exist to ``missing``.
+
+    Each parent folder is listed once (one request per folder on object stores, not one per file).
+    """
+    listed: dict[str, set[str]] = {}
+
+    def present(path: str) -> bool:
+        folder = posixpath.dirname(path)
+        if folder not in listed:
+            files = _list_dir(folder) if _is_dir_fast(folder) else None
+            listed[folder] = {posixpath.basename(f) for f in files or []}
+        return posixpath.basename(path) in listed[folder] or (not listed[folder] and exists(path))
+
+    kept = []
+    for c in cases:
+        absent = [p for p in [*c.image, *([c.label] if c.label else [])] if not present(p)]
+        if absent:
+            missing.extend((p, "file not found") for p in absent)
+        else:
+            kept.append(c)
+    return kept
+
+
+def _is_dir_fast(folder: str) -> bool:
+    return os.path.isdir(folder) if not is_uri(folder) else _is_dir(folder)
+
+
+def assign_splits(cases: list[Case], folds: int, val_fold: int, test_fold: int | None, seed: int) -> None:
+    """Seeded k-fold by subject for the cases whose split is ``""`` (explicit splits are kept).
+
+    Subjects are sorted, permuted with ``seed`` and dealt round-robin into ``folds`` folds; fold
+    ``val_fold`` becomes "val", fold ``test_fold`` (if set) "test", the others "train". All cases of one
+    subject land in the same fold.
+    """
+    todo = [c for c in cases if not c.split]
+    subjects = sorted({c.subject for c in todo})
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    fold_of = {subjects[i]: pos % folds for pos, i in enumerate(order)}
+    for c in todo:
+        f = fold_of[c.subject]
+        c.split = "val" if f == val_fold else "test" if f == test_fold else "train"
+
+
+def _volume_channels(path: str) -> int:
+    """Channels of a NIfTI file from its header only (4th dim, 1 for 3D)."""
+    import nibabel as nib
+
+    try:
+        if is_uri(path):
+            from rayssl.data.io import _decode_nifti
+
+            shape = _decode_nifti(read_bytes(path), path).shape
+        else:
+            shape = nib.load(path).shape
+    except Exception:  # unreadable first file: it is quarantined later, when decoded
+        return 1
+    return int(shape[3]) if len(shape) >= 4 else 1
+
+
+# --------------------------------------------------------------------------- listers
+
+
+def _msd(path: str) -> Source:
+    json_path = path if path.lower().endswith(".json") else _join(path, "dataset.json")
+    root = posixpath.dirname(json_path) if is_uri(json_path) else posixpath.dirname(posixpath.abspath(json_path))
+    try:
+        meta = json.loads(_read_text(json_path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path}: not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("training", []), list):
+        raise ValueError(f"{json_path}: expected an MSD dataset.json with a 'training' list")
+    modality = {int(k): str(v) for k, v in (meta.get("modality") or {"0": "unknown"}).items()}
+    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    cases = []
+    for i, item in enumerate(meta.get("training", [])):
+        if not isinstance(item, dict) or "image" not in item:
+            raise ValueError(f"{json_path}: training[{i}] must be an object with 'image' (and 'label')")
+        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
+        images = [_join(root, p) for p in images]
+        label = _join(root, item["label"]) if item.get("label") else None
+        cases.append(Case(_stem(images[0]), images, label, split=""))
+    for item in meta.get("test", []):
+        images = item if isinstance(item, list) else item["image"] if isinstance(item, dict) else [item]
+        images = [_join(root, p) for p in (images if isinstance(images, list) else [images])]
+        cases.append(Case(_stem(images[0]), images, None, split="test"))
+    names = {v.upper() for v in modality.values()}
+    recipe = "ct_btcv" if names == {"CT"} else "mri_brats" if names and names <= _MRI_NAMES else "none"
+    return Source("msd", root, cases, 3, len(modality), recipe, labels, modality, [], [])
+
+
+def _folder(spec: str) -> Source:
+    images_dir, _, labels_dir = spec.partition(",")
+    files = _list_dir(images_dir)
+    if files is None:
+        raise ValueError(f"folder:{spec}: {images_dir!r} is not a directory")
+    if labels_dir and not _is_dir(labels_dir):
+        raise ValueError(f"folder:{spec}: labels folder {labels_dir!r} is not a directory")
+    cases = []
+    for f in files:
+        if _is_nifti(f):
+            label = _join(labels_dir, posixpath.basename(f)) if labels_dir else None
+            cases.append(Case(_stem(f), [f], label, split=""))
+    if not cases:
+        raise ValueError(f"folder:{spec}: no .nii/.nii.gz files in {images_dir!r}")
+    channels = _volume_channels(cases[0].image[0])
+    return Source("folder", images_dir, cases, 3, channels, "none", {}, {}, [], [])
+
+
+def _csv(path: str) -> Source:
+    root = posixpath.dirname(path) if is_uri(path) else posixpath.dirname(posixpath.abspath(path))
+    rows = list(csv.DictReader(io.StringIO(_read_text(path))))
+    header = list(rows[0].keys()) if rows else []
+    if "image" not in header:
+        raise ValueError(f"{path}: CSV needs an 'image' column (optional: label, split, subject), got {header}")
+    cases, seen = [], {}
+    for i, row in enumerate(rows, start=2):
+        images = [_join(root, p) for p in (row.get("image") or "").split(";") if p.strip()]
+        if not images:
+            raise ValueError(f"{path}: line {i}: empty 'image'")
+        split = (row.get("split") or "").strip().lower()
+        if split not in ("", "train", "val", "test"):
+            raise ValueError(f"{path}: line {i}: split must be train, val or test, got {split!r}")
+        cid = (row.get("case_id") or "").strip() or _stem(images[0])
+        seen[cid] = seen.get(cid, 0) + 1
+        if seen[cid] > 1:
+            cid = f"{cid}_{seen[cid] - 1}"
+        label = _join(root, row["label"]) if (row.get("label") or "").strip() else None
+        cases.append(Case(cid, images, label, split, (row.get("subject") or "").strip()))
+    two_d = bool(cases) and cases[0].image[0].lower().endswith(_IMAGE_2D)
+    if two_d:
+        return Source("csv", root, cases, 2, 1, "cxr", {}, {}, [], [])
+    channels = len(cases[0].image) if cases and len(cases[0].image) > 1 else 1
+    if cases and len(cases[0].image) == 1 and exists(cases[0].image[0]):
+        channels = _volume_channels(cases[0].image[0])
+    return Source("csv", root, cases, 3, channels, "none", {}, {}, [], [])
+
+
+def _cxr14(path: str) -> Source:
+    """ChestX-ray14. An unknown finding name puts the image into ``missing`` (reason names the finding)."""
+    root = posixpath.dirname(path) if path.lower().endswith(".csv") else path
+    entry = path if path.lower().endswith(".csv") else _join(root, "Data_Entry_2017.csv")
+    rows = list(csv.DictReader(io.StringIO(_read_text(entry))))
+    need = {"Image Index", "Finding Labels", "Patient ID"}
+    if not rows or not need <= set(rows[0]):
+        raise ValueError(f"{entry}: expected ChestX-ray14 columns {sorted(need)}")
+    lists = {}
+    for name, split in (("train_val_list.txt", ""), ("test_list.txt", "test")):
+        p = _join(root, name)
+        if exists(p):
+            lists.update({line.strip(): split for line in _read_text(p).splitlines() if line.strip()})
+    index = {n: i for i, n in enumerate(CXR14_CLASSES)}
+    cases, missing = [], []
+    for row in rows:
+        name = row["Image Index"].strip()
+        if lists and name not in lists:
+            continue  # listed in neither split file
+        found = [f.strip() for f in row["Finding Labels"].split("|") if f.strip() and f.strip() != "No Finding"]
+        unknown = [f for f in found if f not in index]
+        image = _join(_join(root, "images"), name)
+        if unknown:
+            missing.append((image, f"unknown finding {', '.join(unknown)}"))
+            continue
+        target = [0.0] * len(CXR14_CLASSES)
+        for f in found:
+            target[index[f]] = 1.0
+        cases.append(Case(_stem(name), [image], None, lists.get(name, ""), row["Patient ID"].strip(), target))
+    return Source("cxr14", root, cases, 2, 1, "cxr", {}, {}, list(CXR14_CLASSES), missing)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _bad_spec(spec: str, why: str) -> ValueError:
+    return ValueError(f"data.source {spec!r}: {why}; accepted forms: {', '.join(SPEC_FORMS)}")
+
+
+def _detect(path: str, spec: str) -> Source:
+    if path.lower().endswith(".json"):
+        return _msd(path)
+    if posixpath.basename(path) == "Data_Entry_2017.csv":
+        return _cxr14(path)
+    if path.lower().endswith(".csv"):
+        if not exists(path):
+            raise _bad_spec(spec, "file does not exist")
+        return _csv(path)
+    files = _list_dir(path)
+    if files is None:
+        raise _bad_spec(spec, "path does not exist" if not exists(path) else "cannot tell the source type")
+    names = {posixpath.basename(f) for f in files}
+    if "dataset.json" in names:
+        return _msd(path)
+    if "Data_Entry_2017.csv" in names:
+        return _cxr14(path)
+    if any(_is_nifti(f) for f in files):
+        return _folder(path)
+    raise _bad_spec(spec, "directory has no dataset.json, Data_Entry_2017.csv or .nii/.nii.gz files")
+
+
+def _synthetic(rest: str, data: DataConfig, spec: str) -> Source:
+    kind, _, n = rest.partition(":")
+    if kind not in SYNTHETIC_DEFAULT_N:
+        raise _bad_spec(spec, f"unknown synthetic kind {kind!r}")
+    try:
+        count = int(n) if n else SYNTHETIC_DEFAULT_N[kind]
+    except ValueError:
+        raise _bad_spec(spec, f"N must be an integer, got {n!r}") from None
+    if count < (2 if kind == "cxr" else 1):
+        raise _bad_spec(spec, f"N must be >= {2 if kind == 'cxr' else 1}, got {count}")
+    root = str(ensure_synthetic(kind, count, data.seed, data.synthetic_dir))
+    return _cxr14(root) if kind == "cxr" else _msd(root)
+
+
+def resolve_source(data: DataConfig) -> Source:
+    """List the cases of ``data.source`` and assign splits.
+
+    Args:
+        data: the data config; uses ``source``, ``seed``, ``folds``, ``val_fold``, ``test_fold``,
+            ``synthetic_dir``.
+
+    Returns:
+        A :class:`Source`. Listed files that do not exist are in ``source.missing`` with reason
+        ``"file not found"``, not in ``source.cases``.
+
+    Raises:
+        ValueError: unknown SPEC form, missing path, malformed dataset.json / CSV.
+    """
+    spec = data.source.strip()
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "synthetic":
+        src = _synthetic(rest, data, spec)
+    elif sep and prefix in ("msd", "folder", "csv", "cxr14"):
+        if not rest:
+            raise _bad_spec(spec, "missing path")
+        first = rest.partition(",")[0]
+        if not (_is_dir(first) or exists(first)):
+            raise _bad_spec(spec, f"path {first!r} does not exist")
+        src = {"msd": _msd, "folder": _folder, "csv": _csv, "cxr14": _cxr14}[prefix](rest)
+    elif sep and not is_uri(spec) and len(prefix) > 1:
+        raise _bad_spec(spec, f"unknown source type {prefix!r}")
+    else:
+        src = _detect(spec, spec)
+    src.cases = _keep_existing(src.cases, src.missing)
+    assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
+    return src
