@@ -1,0 +1,34 @@
+"""Run the data pipeline once and cache the patches as Parquet shards with a manifest.
+
+    python jobs/prepare_data.py [--source SPEC] [--out DIR] [--preset NAME] [--config FILE] [key=value ...]
+
+With no arguments: the ``tiny`` preset (synthetic CT phantoms) written to ``./runs/data/<name>``.
+Joins the cluster in ``RAY_ADDRESS`` if set, else starts a local Ray. The last printed line is the
+output folder.
+"""
+
+import sys
+
+from rayssl.cli import init_ray, parse_job_args
+from rayssl.config import PrepareConfig
+
+
+def _flags(parser):
+    parser.add_argument("--source", help="data source SPEC, e.g. msd:/data/BTCV (same as data.source=SPEC)")
+    parser.add_argument("--out", help="output folder or s3:// / gs:// URI (same as out=DIR)")
+
+
+if __name__ == "__main__":
+    cfg, args = parse_job_args("prepare", PrepareConfig, __doc__.splitlines()[0], default_preset="tiny", extra=_flags)
+    try:
+        if args.source is not None:
+            cfg.data.source = args.source
+        if args.out is not None:
+            cfg.out = args.out
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    init_ray()
+    from rayssl.data.pipeline import prepare
+
+    print(prepare(cfg))
