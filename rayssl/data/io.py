@@ -66,7 +66,7 @@ def read_bytes(path: str) -> bytes:
             raise BadInput("file not found", path)
         if info.type != pafs.FileType.File:
             raise BadInput("not a file", path)
-        with fs.open_input_stream(p) as f:
+        with fs.open_input_stream(p, compression=None) as f:  # no decompression by extension
             return f.readall()
     except BadInput:
         raise

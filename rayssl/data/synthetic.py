@@ -298,6 +298,10 @@ def cxr_phantom(rng: np.random.Generator, findings: set[str], size: int = 256) -
     if unknown:
         raise ValueError(f"unknown findings {sorted(unknown)}; expected some of {list(CXR_FINDINGS)}")
     y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j].astype(np.float32)
+    # global acquisition randomness first, so a finding changes only its own region of the image
+    gain, gamma = rng.uniform(0.9, 1.1), rng.uniform(0.85, 1.15)
+    exposure = 0.03 * _smooth_field(rng, (size, size), 3)
+    noise = rng.normal(0.0, 0.015, (size, size)).astype(np.float32)
     j = lambda s=0.03: rng.uniform(-s, s)  # noqa: E731
     f = findings
     img = np.full((size, size), 0.04, np.float32)
@@ -350,7 +354,7 @@ def cxr_phantom(rng: np.random.Generator, findings: set[str], size: int = 256) -
     if "Nodule" in f:
         for _ in range(rng.integers(1, 4)):
             s = rng.integers(2)
-            img += blob((-0.38, 0.38)[s] + j(0.15), j(0.4), rng.uniform(0.025, 0.04), 0.4) * lungs[s]
+            img += blob((-0.38, 0.38)[s] + j(0.15), j(0.4), rng.uniform(0.035, 0.05), 0.4) * lungs[s]
     if "Infiltration" in f:  # patchy hazy opacity
         patch = _smooth_field(rng, (size, size), 8) > 0.7
         img[patch & lungs[side]] += 0.2
@@ -371,9 +375,7 @@ def cxr_phantom(rng: np.random.Generator, findings: set[str], size: int = 256) -
         img[h] = 0.72
         img[h & (y < 0.53)] = 0.1
     img = ndimage.gaussian_filter(img, 0.8)
-    img = img * rng.uniform(0.9, 1.1) + 0.03 * _smooth_field(rng, (size, size), 3)  # exposure variation
-    img += rng.normal(0.0, 0.015, img.shape).astype(np.float32)
-    img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.15)
+    img = np.clip(img * gain + exposure + noise, 0, 1) ** gamma
     return np.rint(img * 255).astype(np.uint8)
 
 
