@@ -12,7 +12,7 @@ from rayssl.data.patches import case_rng, sample_patches
 from rayssl.data.pipeline import QuarantineError, patch_dataset, prepare, train_dataset
 from rayssl.data.recipes import load_case
 from rayssl.data.sources import resolve_source
-from rayssl.data.synthetic import make_ct_phantoms
+from rayssl.data.synthetic import make_ct_phantoms, make_cxr_phantoms
 
 ROI = (16, 16, 8)
 
@@ -96,7 +96,7 @@ def test_streamed_patches_match_cache_and_change_per_epoch(ray_session, phantoms
 
 
 def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys):
-    data = _data(bad_dataset)
+    data = _data(bad_dataset, sampling="genesis", min_tissue_fraction=0.9)
     out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")))
     manifest = read_manifest(out)
     listed = json.loads((tmp_path / "cache" / "quarantine.json").read_text())
@@ -111,6 +111,22 @@ def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys)
     assert good == 4
     assert sum(manifest["splits"][s]["patches"] for s in ("train", "val")) == 4 * 3
     assert "quarantined 3 of 7 inputs (see quarantine.json)" in capsys.readouterr().out
+    # genesis sampling: the manifest counts the crops kept although below the tissue minimum
+    fractions = read_patches(out, "train").select_columns(["tissue_fraction"]).to_pandas()["tissue_fraction"]
+    assert manifest["splits"]["train"]["below_min_tissue_fraction"] == int((fractions < 0.9).sum())
+
+
+def test_2d_images_carry_targets(ray_session, tmp_path):
+    root = make_cxr_phantoms(tmp_path / "cxr", n=6, seed=0, size=64)
+    data = DataConfig(source=f"cxr14:{root}", roi=(224, 224), splits=["train"])
+    source = resolve_source(data)
+    rows = patch_dataset(data, ["train", "val", "test"]).take_all()
+    assert len(rows) == len(source.cases)  # one row per image: the roi is the whole resized image
+    targets = {c.case_id: c.target for c in source.cases}
+    for r in rows:
+        assert r["image"].shape == (1, 224, 224) and 0.0 <= r["image"].min() and r["image"].max() <= 1.0
+        assert r["target"].dtype == np.float32 and r["target"].tolist() == targets[r["case_id"]]
+        assert "label" not in r
 
 
 def test_strict_mode_raises_naming_every_bad_input(ray_session, bad_dataset, tmp_path):

@@ -81,7 +81,7 @@ def _recipe(data: DataConfig, source: Source) -> str:
             f"roi {tuple(data.roi)} has {len(data.roi)} axes but source {data.source!r} holds "
             f"{source.spatial_dims}D images; set data.roi to {source.spatial_dims} ints"
         )
-    if recipe.spatial_dims != source.spatial_dims:
+    if recipe.spatial_dims not in (0, source.spatial_dims):  # 0: any dimensionality
         raise ValueError(f"recipe {name!r} is for {recipe.spatial_dims}D images, source {data.source!r} is {source.spatial_dims}D")
     return name
 
