@@ -92,6 +92,8 @@ def _decode_nifti(raw: bytes, path: str) -> nib.Nifti1Image:
 
 def _nifti_array(path: str) -> tuple[np.ndarray, np.ndarray]:
     img = _decode_nifti(read_bytes(path), path)
+    if 0 in img.shape:
+        raise BadInput(f"empty image, shape {tuple(int(d) for d in img.shape)}", path)
     try:
         data = np.asanyarray(img.dataobj)  # applies scl_slope/inter if set
     except Exception as e:
