@@ -81,6 +81,12 @@ def _join(base: str, rel: str) -> str:
     return posixpath.join(base, rel) if is_uri(base) else posixpath.normpath(posixpath.join(base, rel))
 
 
+def _abs(path: str) -> str:
+    """Absolute local path (``~`` expanded); URIs unchanged."""
+    path = path.strip()
+    return path if is_uri(path) or not path else os.path.abspath(os.path.expanduser(path))
+
+
 def _stem(path: str) -> str:
     name = posixpath.basename(path.rstrip("/"))
     for ext in _NIFTI + _IMAGE_2D:
@@ -350,6 +356,7 @@ def resolve_source(data: DataConfig) -> Source:
     elif sep and prefix in ("msd", "folder", "csv", "cxr14"):
         if not rest:
             raise _bad_spec(spec, "missing path")
+        rest = ",".join(_abs(p) for p in rest.split(",")) if prefix == "folder" else _abs(rest)
         first = rest.partition(",")[0]
         if not (_is_dir(first) or exists(first)):
             raise _bad_spec(spec, f"path {first!r} does not exist")
@@ -357,7 +364,7 @@ def resolve_source(data: DataConfig) -> Source:
     elif sep and not is_uri(spec) and len(prefix) > 1:
         raise _bad_spec(spec, f"unknown source type {prefix!r}")
     else:
-        src = _detect(spec, spec)
+        src = _detect(_abs(spec), spec)
     src.cases = _keep_existing(src.cases, src.missing)
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
     return src
