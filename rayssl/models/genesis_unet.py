@@ -45,7 +45,7 @@ class GenesisUNet(nn.Module):
                              f"base_channels={base_channels} must be >= 1")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        self.spatial_dims, self.sigmoid = spatial_dims, sigmoid
+        self.spatial_dims, self.sigmoid, self.norm = spatial_dims, sigmoid, norm
 
         def conv(cin: int, cout: int) -> Convolution:
             return Convolution(spatial_dims, cin, cout, kernel_size=3, act="relu", norm=_norm(norm, cout),
@@ -74,6 +74,9 @@ class GenesisUNet(nn.Module):
         if x.ndim != 2 + self.spatial_dims or any(s % 8 for s in x.shape[2:]):
             raise ValueError(f"input must be [N, C, *spatial] with {self.spatial_dims} spatial dims each "
                              f"divisible by 8, got {list(x.shape)}")
+        if self.norm == "instance" and math.prod(s // 8 for s in x.shape[2:]) == 1:
+            raise ValueError(f"norm='instance' needs more than one bottleneck voxel (input > 8 voxels on "
+                             f"some axis), got {list(x.shape)}")
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Skip features of levels 1-3 and the bottleneck (channels ``feature_channels``)."""
