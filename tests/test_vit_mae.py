@@ -270,8 +270,8 @@ def test_mae_forward_shapes_multichannel_and_2d():
 
 def test_mae_learns_fixed_batch():
     torch.manual_seed(0)
-    mae = tiny_mae()
-    x = torch.rand(2, 1, 8, 8, 8).repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
+    mae = tiny_mae(img_size=(16, 16, 16), patch_size=4)
+    x = torch.rand(2, 1, 4, 4, 4).repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
     opt = torch.optim.AdamW(mae.parameters(), lr=2e-3)
 
     def loss_at(seed):
