@@ -51,10 +51,18 @@ _MARKER = ".complete"
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int = 5) -> np.ndarray:
-    """Smooth random field, about N(0, 1) per voxel: coarse noise upsampled (cubic)."""
+    """Smooth random field, about N(0, 1) per voxel: coarse noise upsampled by separable Gaussian weights.
+
+    (Separable upsampling is ~100x faster than ``scipy.ndimage.zoom(order=3)`` on a volume.)
+    """
     small = rng.standard_normal([max(2, min(coarse, s)) for s in shape])
-    field = ndimage.zoom(small, [s / c for s, c in zip(shape, small.shape)], order=3, mode="nearest")
-    return field[tuple(slice(0, s) for s in shape)] / max(float(field.std()), 1e-6)
+    field = small
+    for axis, (s, c) in enumerate(zip(shape, small.shape)):
+        t = np.linspace(0.0, c - 1.0, s)[:, None] - np.arange(c)[None, :]  # [s, c] distance to knots
+        wts = np.exp(-0.5 * (t / 0.6) ** 2)
+        field = np.moveaxis(np.tensordot(wts / wts.sum(1, keepdims=True), field, axes=(1, axis)), 0, axis)
+    field = (field - field.mean()).astype(np.float32)
+    return field / max(float(field.std()), 1e-6)
 
 
 def _texture(rng: np.random.Generator, shape: tuple[int, ...], sigma: float = 1.0) -> np.ndarray:
@@ -158,6 +166,8 @@ def ct_phantom(rng: np.random.Generator, shape=(96, 96, 48)) -> tuple[np.ndarray
     hu = np.full(shape, -1000.0, np.float32)
     hu[body] = 40.0 + 8.0 * _texture(rng, shape, 1.5)[body]  # muscle / soft tissue
     hu[fat] = -100.0
+    visceral = inner & (label == 0) & (_smooth_field(rng, shape, 9) > 0.6)  # mesenteric / perirenal fat
+    hu[visceral] = -90.0 + 10.0 * _texture(rng, shape, 1.0)[visceral]
     hu[vert & disc & inner] = 90.0
     amp = {1: 8.0, 2: 7.0, 3: 15.0, 4: 15.0, 5: 8.0, 6: 80.0, 7: 6.0}
     tex = _texture(rng, shape, 1.0)
@@ -172,7 +182,7 @@ def ct_phantom(rng: np.random.Generator, shape=(96, 96, 48)) -> tuple[np.ndarray
     gas = (label == 7) & (v > np.where(label == 7, v, -2).max(axis=1, keepdims=True) - 0.08)
     hu[gas] = -1000.0 + 20.0 * tex[gas]
     # smooth multiplicative bias on attenuation (HU + 1000), then quantum noise
-    hu = (hu + 1000.0) * (1.0 + 0.005 * _smooth_field(rng, shape, 3)) - 1000.0
+    hu = (hu + 1000.0) * (1.0 + 0.004 * _smooth_field(rng, shape, 3)) - 1000.0
     hu += rng.normal(0.0, 15.0, shape).astype(np.float32)
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), label
 
