@@ -197,3 +197,16 @@ def test_synthetic_spec(tmp_path):
     assert {c.split for c in src.cases} <= {"train", "val", "test"} and "test" in {c.split for c in src.cases}
     again = resolve_source(cfg)
     assert [(c.case_id, c.split, c.target) for c in again.cases] == [(c.case_id, c.split, c.target) for c in src.cases]
+
+
+def test_cxr14_kaggle_layout(tmp_path):
+    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID", "a.png,Mass,0,1", "b.png,No Finding,0,2"]
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    _touch(tmp_path / "images_001" / "images" / "a.png")
+    _touch(tmp_path / "images_002" / "images" / "b.png")
+    src = resolve_source(DataConfig(source=f"cxr14:{tmp_path}", folds=2))
+    assert {c.case_id: c.image[0] for c in src.cases} == {
+        "a": str(tmp_path / "images_001" / "images" / "a.png"),
+        "b": str(tmp_path / "images_002" / "images" / "b.png"),
+    }
+    assert {c.split for c in src.cases} == {"train", "val"} and not src.missing  # no list files: k-fold

@@ -260,8 +260,32 @@ def _csv(path: str) -> Source:
     return Source("csv", root, cases, 3, channels, "none", {}, {}, [], [])
 
 
+def _cxr14_image_dirs(root: str) -> dict[str, str]:
+    """``{image name: folder}`` for the Kaggle layout ``images_001/images/...``; {} when ``images/`` exists."""
+    if _is_dir(_join(root, "images")):
+        return {}
+    where = {}
+    for sub in sorted(posixpath.basename(f.rstrip("/")) for f in _subdirs(root)):
+        if sub.startswith("images_"):
+            folder = _join(_join(root, sub), "images")
+            where.update({posixpath.basename(f): folder for f in _list_dir(folder) or []})
+    return where
+
+
+def _subdirs(folder: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, p = open_uri(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False, allow_not_found=True))
+    return [_join(folder, i.base_name) for i in infos if i.type == pafs.FileType.Directory]
+
+
 def _cxr14(path: str) -> Source:
-    """ChestX-ray14. An unknown finding name puts the image into ``missing`` (reason names the finding)."""
+    """ChestX-ray14: ``Data_Entry_2017.csv``, images in ``images/`` (or Kaggle's ``images_NNN/images/``).
+
+    Images named in neither ``train_val_list.txt`` nor ``test_list.txt`` (when those exist) are skipped.
+    An unknown finding name puts the image into ``missing`` with the reason naming the finding.
+    """
     root = posixpath.dirname(path) if path.lower().endswith(".csv") else path
     entry = path if path.lower().endswith(".csv") else _join(root, "Data_Entry_2017.csv")
     rows = list(csv.DictReader(io.StringIO(_read_text(entry))))
@@ -274,6 +298,7 @@ def _cxr14(path: str) -> Source:
         if exists(p):
             lists.update({line.strip(): split for line in _read_text(p).splitlines() if line.strip()})
     index = {n: i for i, n in enumerate(CXR14_CLASSES)}
+    folders = _cxr14_image_dirs(root)
     cases, missing = [], []
     for row in rows:
         name = row["Image Index"].strip()
@@ -281,7 +306,7 @@ def _cxr14(path: str) -> Source:
             continue  # listed in neither split file
         found = [f.strip() for f in row["Finding Labels"].split("|") if f.strip() and f.strip() != "No Finding"]
         unknown = [f for f in found if f not in index]
-        image = _join(_join(root, "images"), name)
+        image = _join(folders.get(name) or _join(root, "images"), name)
         if unknown:
             missing.append((image, f"unknown finding {', '.join(unknown)}"))
             continue
@@ -344,7 +369,9 @@ def resolve_source(data: DataConfig) -> Source:
 
     Returns:
         A :class:`Source`. Listed files that do not exist are in ``source.missing`` with reason
-        ``"file not found"``, not in ``source.cases``.
+        ``"file not found"``, not in ``source.cases``; so are ChestX-ray14 images with an unknown
+        finding name (reason ``"unknown finding NAME"``). Folder and CSV sources of volumes default
+        to recipe ``"none"`` (set ``data.recipe``); MSD picks ``ct_btcv`` for CT, ``mri_brats`` for MRI.
 
     Raises:
         ValueError: unknown SPEC form, missing path, malformed dataset.json / CSV.
