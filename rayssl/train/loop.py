@@ -75,6 +75,7 @@ def train_loop_per_worker(config: dict) -> None:
             saved = read_state(ckpt_dir)
             same_world = saved.pop("world_size") == world
             state.update(saved)
+            state["resumes"] = state.get("resumes", 0) + 1
             if not same_world:  # autoscaled: consolidated weights, fresh optimizer moments
                 model.load_state_dict(load_weights(ckpt_dir))
         engine = build_engine(
@@ -112,6 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
             "samples_per_s": window_samples * world / max(elapsed, 1e-9),
             "samples": state["samples"],
             "world_size": world,
+            "resumes": state.get("resumes", 0),
             "peak_mem_mb_max": max(mems),
             **{f"peak_mem_mb_rank{i}": m for i, m in enumerate(mems)},
         }

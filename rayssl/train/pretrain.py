@@ -125,6 +125,7 @@ def pretrain(cfg: PretrainConfig) -> str:
         "samples_per_s": metrics.get("samples", 0) / wall if wall > 0 else None,
         "wall_time_s": wall,
         "world_size": metrics.get("world_size"),
+        "resumes": metrics.get("resumes"),
         "peak_mem_mb_max": metrics.get("peak_mem_mb_max"),
         "weights": files.uri(f"export/{weights_path.name}"),
         "checkpoint": result.checkpoint.path,
