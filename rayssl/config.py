@@ -297,3 +297,87 @@ class PretrainConfig(Strict):
     seed: int = 0
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimiser steps (for smoke tests); ``None``: run all epochs."""
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+class FinetuneModelConfig(Strict):
+    """The downstream network: UNETR (3D seg), Genesis U-Net (3D seg) or a ViT classifier (2D)."""
+
+    arch: Literal["unetr", "genesis_unet", "vit_classifier"] = "unetr"
+    size: Literal["tiny", "small", "base", "large"] = "base"
+    """ViT encoder size (UNETR, classifier)."""
+    patch_size: int = Field(16, ge=2)
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)
+    feature_size: int = Field(16, ge=1)
+    """UNETR decoder width."""
+    hidden_blocks: list[int] | None = None
+    """UNETR skip connections: 1-based encoder blocks (``None``: 3, 6, 9 for ViT-B/16, evenly spaced otherwise)."""
+    pool: Literal["cls", "mean"] = "cls"
+    """Classifier: the cls token or the mean of the patch tokens."""
+    unet_base_channels: int = Field(32, ge=1)
+    unet_norm: Literal["batch", "instance", "group"] = "batch"
+    layer_decay: float = Field(0.75, gt=0.0, le=1.0)
+    """Layer-wise lr decay of the ViT encoder (1: none)."""
+
+
+class TaskConfig(Strict):
+    """What is predicted and how it is scored."""
+
+    labels: Literal["multiclass", "brats_regions", "multilabel"] | None = None
+    """``multiclass`` (softmax, one-hot, DiceCE), ``brats_regions`` (TC/WT/ET sigmoid channels, Dice),
+    ``multilabel`` (2D findings, BCE); ``None`` picks from the architecture and the source."""
+    num_classes: int | None = Field(None, ge=1)
+    """Output channels; ``None``: from the source's label names (background included for multiclass)."""
+    loss: Literal["dicece", "dice", "bce"] | None = None
+    """``None``: DiceCE for multiclass, Dice for BraTS regions, BCE for multilabel."""
+
+
+class EvalConfig(Strict):
+    """Validation / test evaluation and prediction export."""
+
+    val_every: int = Field(1, ge=1)
+    """Validate every this many epochs (and after the last one)."""
+    sw_overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(4, ge=1)
+    roi: tuple[int, ...] | None = None
+    """Sliding-window ROI (``None``: ``data.roi``)."""
+    hd95: bool = True
+    save_predictions: int = Field(2, ge=0)
+    """Write NIfTI predictions of this many test cases (all with a large number)."""
+    overlays: int = Field(3, ge=0)
+    """PNG overlay previews of this many test cases."""
+
+
+class FinetuneConfig(Strict):
+    """``jobs/finetune.py``: fine-tune a pre-trained (or scratch) network and evaluate it."""
+
+    preset: str | None = None
+    pretrained: str = "none"
+    """``none`` (from scratch), an exported ``.safetensors`` or a pre-training run directory."""
+    data: DataConfig = DataConfig()
+    """Presets set ``sampling: balanced`` and a ``test_fold`` (a nested key given resets the rest to class defaults)."""
+    model: FinetuneModelConfig = FinetuneModelConfig()
+    task: TaskConfig = TaskConfig()
+    optim: OptimConfig = OptimConfig()
+    scale: ScaleConfig = ScaleConfig()
+    run: RunConfig = RunConfig()
+    eval: EvalConfig = EvalConfig()
+    augment: bool = True
+    """Flips / rot90 / intensity (3D) or RandAugment (2D), the papers' fine-tuning augmentation."""
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(2, ge=1)
+    seed: int = 0
+    max_steps: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_ft(self) -> "FinetuneConfig":
+        dims = len(self.data.roi)
+        if self.model.arch in ("unetr", "genesis_unet") and dims != 3:
+            raise ValueError(f"model.arch={self.model.arch} needs a 3D data.roi, got {list(self.data.roi)}")
+        if self.model.arch == "vit_classifier" and self.task.labels not in (None, "multilabel"):
+            raise ValueError(f"model.arch=vit_classifier predicts task.labels=multilabel, got {self.task.labels}")
+        if self.eval.roi is not None and len(self.eval.roi) != dims:
+            raise ValueError(f"eval.roi {list(self.eval.roi)} must have {dims} entries like data.roi")
+        return self
