@@ -10,6 +10,7 @@ row order is application order (a later block overwrites an earlier one where th
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -64,43 +65,20 @@ def _draw_boxes(idx: Tensor, spatial: tuple[int, ...], lo: Tensor, hi: Tensor, m
     return torch.cat([idx[:, None], org, size], dim=1)
 
 
-def _box_voxels(rows: Tensor, spatial: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """Flat voxel indices (``sample * V + voxel``) of every box, and the box id of each entry."""
-    d, device = len(spatial), rows.device
-    org, size = rows[:, 1:1 + d], rows[:, 1 + d:]
-    strides = torch.tensor([math.prod(spatial[a + 1:]) for a in range(d)], device=device)
-    base = rows[:, 0] * math.prod(spatial) + (org * strides).sum(dim=1)  # [K] flat index of each origin
-    # offsets inside a box depend only on its shape: build them once per distinct shape
-    radix = max(spatial) + 1
-    code = (size * torch.tensor([radix ** (d - 1 - a) for a in range(d)], device=device)).sum(dim=1)
-    ucode, inv = torch.unique(code, return_inverse=True)
-    usize = torch.stack([(ucode // radix ** (d - 1 - a)) % radix for a in range(d)], dim=1)  # [U, d]
-    uvol = usize.prod(dim=1)
-    tbox = torch.repeat_interleave(torch.arange(len(ucode), device=device), uvol)
-    local = torch.arange(len(tbox), device=device) - (uvol.cumsum(0) - uvol)[tbox]
-    offset = torch.zeros_like(local)
-    for a in reversed(range(d)):  # row-major decomposition of the index inside the box
-        s = usize[tbox, a]
-        offset += (local % s) * strides[a]
-        local = local // s
-    vol, tstart = uvol[inv], (uvol.cumsum(0) - uvol)[inv]  # [K] entries, table start of each box
-    start = vol.cumsum(0) - vol
-    # per-entry box id and table position as cumulative sums (cheaper than repeat_interleave)
-    step = torch.zeros(int(vol.sum()), dtype=torch.long, device=device)
-    step[start[1:]] = 1
-    bid = step.cumsum(0)  # [T]
-    step.fill_(1)
-    step[start] = tstart - torch.cat([tstart.new_zeros(1), tstart[:-1] + vol[:-1] - 1])
-    pos = step.cumsum(0)
-    return base[bid] + offset[pos], bid
-
-
 def boxes_to_mask(boxes: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Union of boxes as a bool mask ``[N, *spatial]`` for an image batch of ``shape [N, C, *spatial]``."""
-    mask = torch.zeros(shape[0] * math.prod(shape[2:]), dtype=torch.bool, device=boxes.device)
-    flat, _ = _box_voxels(boxes, tuple(shape[2:]))
-    mask[flat] = True
-    return mask.view(shape[0], *shape[2:])
+    n, spatial = shape[0], tuple(shape[2:])
+    d = len(spatial)
+    # +-1 at the 2^d corners of every box, then cumulative sums along each axis = coverage count
+    count = torch.zeros(n, *[s + 1 for s in spatial], dtype=torch.int32, device=boxes.device)
+    org, size = boxes[:, 1:1 + d], boxes[:, 1 + d:]
+    for corner in itertools.product((0, 1), repeat=d):
+        idx = (boxes[:, 0], *[org[:, a] + corner[a] * size[:, a] for a in range(d)])
+        sign = torch.full((len(boxes),), (-1) ** sum(corner), dtype=torch.int32, device=boxes.device)
+        count.index_put_(idx, sign, accumulate=True)
+    for a in range(d):
+        count = count.cumsum(dim=1 + a, dtype=torch.int32)
+    return count[(slice(None), *[slice(0, s) for s in spatial])] > 0
 
 
 # ----------------------------------------------------------------------------- flips
@@ -120,6 +98,14 @@ def flip(x: Tensor, axes: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- local pixel shuffling
 
 
+def _box_offsets(shape: list[int], strides: list[int], device) -> Tensor:
+    # flat offsets of the voxels of a box of this shape from its origin, row-major
+    off = torch.zeros((), dtype=torch.long, device=device)
+    for s, st in zip(shape, strides):
+        off = off[..., None] + torch.arange(s, device=device) * st
+    return off.reshape(-1)
+
+
 def shuffle_blocks(x: Tensor, blocks: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Permute the voxels (all channels together) of each block among themselves.
 
@@ -136,19 +122,55 @@ def shuffle_blocks(x: Tensor, blocks: Tensor, generator: torch.Generator | None 
     n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
     if len(blocks) == 0:
         return x.clone()
-    flat, bid = _box_voxels(blocks.to(x.device), spatial)  # [T], sample * V + voxel
-    # random permutation inside every block: sort by (block id, random key)
-    keys = bid.double() + _rand(len(bid), generator=generator, device=x.device)
-    if keys.device.type == "cpu":  # numpy's SIMD sort is several times faster than torch.sort on CPU
-        order = torch.from_numpy(np.argsort(keys.numpy()))
-    else:
-        order = torch.argsort(keys)
-    src = flat[order]
-    owner = torch.full((n * math.prod(spatial),), -1, dtype=bid.dtype, device=x.device)
-    owner.scatter_reduce_(0, flat, bid, reduce="amax")  # last block covering each voxel
-    win = owner[flat] == bid
-    dst, src = flat[win], src[win]
+    d, dev, k = len(spatial), x.device, len(blocks)
     volume = math.prod(spatial)
+    strides = [math.prod(spatial[a + 1:]) for a in range(d)]
+    blocks = blocks.to(dev)
+    size = blocks[:, 1 + d:]
+    vol = size.prod(dim=1)  # [K]
+    base = blocks[:, 0] * volume + (blocks[:, 1:1 + d] * torch.tensor(strides, device=dev)).sum(dim=1)
+    total = int(vol.sum())
+    # Per block voxel (entry) two int64 keys. Sort key (block id, random bits, voxel): sorting it
+    # permutes every block's voxels randomly among themselves. Owner key (block id, index inside
+    # the block): its maximum over the entries of a voxel names the last block covering it.
+    vb, bb = max(1, (n * volume - 1).bit_length()), max(1, (k - 1).bit_length())
+    lb = max(1, (int(vol.max()) - 1).bit_length())
+    rb = min(30, 63 - vb - bb)
+    if rb < 16:
+        raise ValueError(f"{k} blocks on {n} samples are too many for one call; split the batch")
+    sort_key = torch.empty(total, dtype=torch.long, device=dev)
+    owner_key = torch.empty(total, dtype=torch.long, device=dev)
+    # entries are laid out shape by shape, so each distinct block shape is one broadcast
+    radix = max(spatial) + 1
+    code = (size * torch.tensor([radix ** (d - 1 - a) for a in range(d)], device=dev)).sum(dim=1)
+    shapes, inv, counts = torch.unique(code, return_inverse=True, return_counts=True)
+    by_shape = torch.argsort(inv, stable=True)
+    lo, first = 0, 0
+    for code_u, kc in zip(shapes.tolist(), counts.tolist()):
+        shape = [(code_u // radix ** (d - 1 - a)) % radix for a in range(d)]
+        m = math.prod(shape)
+        idx = by_shape[first:first + kc]  # blocks of this shape, in block order
+        torch.add(((idx << (rb + vb)) + base[idx])[:, None], _box_offsets(shape, strides, dev),
+                  out=sort_key[lo:lo + kc * m].view(kc, m))
+        torch.add((idx << lb)[:, None], torch.arange(m, device=dev), out=owner_key[lo:lo + kc * m].view(kc, m))
+        lo, first = lo + kc * m, first + kc
+    vmask = (1 << vb) - 1
+    flat = sort_key & vmask  # sample * V + voxel of each entry
+    gen_dev = generator.device if generator is not None else "cpu"
+    sort_key += torch.randint(0, 1 << rb, (total,), generator=generator, device=gen_dev).to(dev) << vb
+    owner = torch.full((n * volume,), -1, dtype=torch.long, device=dev)
+    owner.scatter_reduce_(0, flat, owner_key, reduce="amax")
+    if dev.type == "cpu":  # numpy's SIMD sort is several times faster than torch.sort on CPU
+        ranked = torch.from_numpy(np.sort(sort_key.numpy()))
+    else:
+        ranked = torch.sort(sort_key).values
+    dst = (owner >= 0).nonzero().squeeze(1)  # covered voxels
+    win = owner[dst]
+    b, li = win >> lb, win & ((1 << lb) - 1)
+    # block b's voxels occupy ranks [rank0[b], rank0[b] + vol[b]) of the sorted keys; the voxel
+    # with index li inside the block takes the one ranked li-th
+    rank0 = vol.cumsum(0) - vol
+    src = ranked[rank0[b] + li] & vmask
     if c > 1:  # flat indices into [N, C, V]
         dst, src = dst + (dst // volume) * (c - 1) * volume, src + (src // volume) * (c - 1) * volume
     xf = x.contiguous().view(-1)
@@ -204,15 +226,23 @@ def bezier_curve(points: Tensor, n: int = 1000) -> tuple[Tensor, Tensor]:
     return curve[..., 0, :], curve[..., 1, :]
 
 
-def apply_curve(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
-    """Piecewise-linear map of ``x`` ``[N, ...]`` through per-sample points ``xs, ys`` ``[N, n]`` (xs sorted)."""
+def apply_curve(x: Tensor, xs: Tensor, ys: Tensor, bins: int = 4097) -> Tensor:
+    """Piecewise-linear map of ``x`` ``[N, ...]`` through per-sample points ``xs, ys`` ``[N, n]`` (xs sorted).
+
+    The map is first tabulated on ``bins`` evenly spaced inputs in [0, 1] (a small
+    ``searchsorted``), so each voxel costs an index and a lerp instead of a binary search.
+    Inputs are clamped to [0, 1].
+    """
     n = x.shape[0]
-    v = x.reshape(n, -1).contiguous()
-    i = torch.searchsorted(xs.contiguous(), v).clamp(1, xs.shape[1] - 1)  # xs[i-1] < v <= xs[i]
+    grid = torch.linspace(0, 1, bins, device=x.device, dtype=xs.dtype).expand(n, bins).contiguous()
+    i = torch.searchsorted(xs.contiguous(), grid).clamp(1, xs.shape[1] - 1)  # xs[i-1] < g <= xs[i]
     x0, x1 = xs.gather(1, i - 1), xs.gather(1, i)
-    y0, y1 = ys.gather(1, i - 1), ys.gather(1, i)
-    w = ((v - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
-    return torch.lerp(y0, y1, w).view_as(x)
+    w = ((grid - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 cannot hold bin positions
+    table = torch.lerp(ys.gather(1, i - 1), ys.gather(1, i), w).to(dtype)  # [N, bins]
+    pos = x.reshape(n, -1).to(dtype).clamp(0, 1) * (bins - 1)
+    j = pos.long().clamp(max=bins - 2)
+    return torch.lerp(table.gather(1, j), table.gather(1, j + 1), pos - j).to(x.dtype).view_as(x)
 
 
 def nonlinear_transform(x: Tensor, generator: torch.Generator | None = None, which: Tensor | None = None,
@@ -235,7 +265,7 @@ def nonlinear_transform(x: Tensor, generator: torch.Generator | None = None, whi
     xs, ys = xs.sort(dim=1).values, ys.sort(dim=1).values
     ys = torch.where(r[:, 4:] < 0.5, ys.flip(1), ys)  # inverted (decreasing) map
     out = x.clone()
-    out[idx] = apply_curve(x[idx], xs.to(x.dtype), ys.to(x.dtype))
+    out[idx] = apply_curve(x[idx], xs, ys)
     return out
 
 
@@ -276,13 +306,13 @@ def paint_boxes(x: Tensor, boxes: Tensor, mode: str, generator: torch.Generator 
         raise ValueError(f"mode={mode!r} must be 'inpaint' or 'outpaint'")
     if len(boxes) == 0:
         return x.clone()
-    mask = boxes_to_mask(boxes.to(x.device), tuple(x.shape))[:, None]  # [N, 1, *spatial]
-    noise = _rand(*x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if mode == "inpaint":
-        return torch.where(mask, noise, x)
-    painted = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    painted[boxes[:, 0].to(x.device)] = True
-    return torch.where(mask | ~painted.view(-1, *[1] * (x.ndim - 1)), x, noise)
+    boxes = boxes.to(x.device)
+    sel, local = torch.unique(boxes[:, 0], return_inverse=True)  # painted samples
+    mask = boxes_to_mask(torch.cat([local[:, None], boxes[:, 1:]], 1), (len(sel), *x.shape[1:]))[:, None]
+    noise = _rand(len(sel), *x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
+    out = x.clone()
+    out[sel] = torch.where(mask if mode == "inpaint" else ~mask, noise, x[sel])
+    return out
 
 
 def inpaint(x: Tensor, generator: torch.Generator | None = None, which: Tensor | None = None) -> Tensor:
