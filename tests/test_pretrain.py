@@ -151,3 +151,26 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synt
     assert before_kill - resumed_from <= cfg.run.checkpoint_every
     print(f"killed at step {before_kill}, resumed from step {resumed_from}, "
           f"first metrics {after[0]['time'] - killed_at:.1f} s after the kill")
+
+
+@pytest.mark.parametrize(
+    "preset, source, roi, weights",
+    [("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors"), ("tiny_mae2d", "synthetic:cxr:16", "[32,32]", "encoder.safetensors")],
+)
+def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synthetic_dir, preset, source, roi, weights):
+    from rayssl.train.pretrain import pretrain
+
+    cfg = load_config(
+        PretrainConfig,
+        "pretrain",
+        preset=preset,
+        overrides=[f"data.source={source}", f"data.synthetic_dir={synthetic_dir}", f"data.roi={roi}", "max_steps=4",
+                   "batch_size=4", f"run.storage_path={tmp_path}", "run.name=r", "run.log_every=1", "scale.cpus_per_worker=0.5"],
+    )
+    run_dir = Path(pretrain(cfg))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == 4 and result["weights"].endswith(weights)
+    state, meta = load_export(result["weights"])
+    assert meta["method"] == cfg.model.method and meta["spatial_dims"] == len(cfg.data.roi)
+    losses = [r["loss"] for r in metrics(run_dir)]
+    assert len(losses) == 4 and all(0 < v < 10 for v in losses)
