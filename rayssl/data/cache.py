@@ -7,6 +7,7 @@ local folder or an ``s3://`` / ``gs://`` URI (``pyarrow.fs``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -102,4 +103,26 @@ def read_patches(path: str, split: str = "train") -> ray.data.Dataset:
     if not manifest["splits"][split].get("patches"):
         raise ValueError(f"cache {path!r}: split {split!r} has no patches (every case was quarantined?)")
     fs, root = open_uri(path)
-    return ray.data.read_parquet(posixpath.join(root, split), filesystem=fs)
+    folder = posixpath.join(root, split)
+    files = [f for f in fs.get_file_info(pafs.FileSelector(folder)) if f.path.endswith(".parquet")]
+    # one read task and block per shard: splitting small shards further only adds scheduling overhead
+    with _file_reader_v1():
+        return ray.data.read_parquet(folder, filesystem=fs, override_num_blocks=max(1, len(files)))
+
+
+@contextlib.contextmanager
+def _file_reader_v1():
+    # Ray 2.60's default (v2) Parquet reader adds a file-listing task (~2 s per execution here) and
+    # packs a small cache into one block, so streaming starts late and cannot spread over Train
+    # workers; the v1 reader streams one block per file from the first second. The dataset keeps
+    # the context it was created with, so the switch stays local to this dataset.
+    ctx = ray.data.DataContext.get_current()
+    old = getattr(ctx, "use_datasource_v2", None)
+    if old is None:
+        yield
+        return
+    ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = old

@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
-from monai.data.utils import dense_patch_slices
 
 from rayssl.config import DataConfig
 
@@ -51,6 +50,8 @@ def grid_origins(shape: Sequence[int], roi: Sequence[int], overlap: float = 0.0)
         roi: tile shape.
         overlap: fraction of overlap between neighbouring tiles, in ``[0, 1)``.
     """
+    from monai.data.utils import dense_patch_slices  # lazy: importing MONAI costs seconds
+
     _check_roi(shape, roi)
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")

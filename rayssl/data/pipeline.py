@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 from datetime import datetime, timezone
@@ -36,8 +37,9 @@ from rayssl.data.sources import Case, Source, resolve_source
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CASES_PER_BLOCK = 4
+"""Cases per block of the listing (one Ray task each) once there are more blocks than 2 per CPU."""
 MAX_BLOCKS = 1024
-"""Upper bound on blocks of the case listing (beyond it, a block holds several cases)."""
 
 
 class QuarantineError(ValueError):
@@ -105,7 +107,11 @@ def _items(cases: list[Case]) -> list[dict]:
 
 
 def _listing(cases: list[Case]) -> ray.data.Dataset:
-    return ray.data.from_items(_items(cases), override_num_blocks=max(1, min(len(cases), MAX_BLOCKS)))
+    # a few cases per block (one read task each) keeps per-task overhead low; at least two blocks
+    # per CPU keep every core busy
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    blocks = max(2 * cpus, math.ceil(len(cases) / CASES_PER_BLOCK))
+    return ray.data.from_items(_items(cases), override_num_blocks=max(1, min(len(cases), blocks, MAX_BLOCKS)))
 
 
 def _select(source: Source, split: str | list[str], data: DataConfig) -> list[Case]:
