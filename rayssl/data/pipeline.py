@@ -109,7 +109,7 @@ def _items(cases: list[Case]) -> list[dict]:
 def _listing(cases: list[Case]) -> ray.data.Dataset:
     # a few cases per block (one read task each) keeps per-task overhead low; at least two blocks
     # per CPU keep every core busy
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else (os.cpu_count() or 1)
     blocks = max(2 * cpus, math.ceil(len(cases) / CASES_PER_BLOCK))
     return ray.data.from_items(_items(cases), override_num_blocks=max(1, min(len(cases), blocks, MAX_BLOCKS)))
 
