@@ -9,7 +9,7 @@ import pytest
 from rayssl.config import DataConfig, PrepareConfig
 from rayssl.data.cache import read_manifest, read_patches
 from rayssl.data.patches import case_rng, sample_patches
-from rayssl.data.pipeline import QuarantineError, patch_dataset, prepare, train_dataset
+from rayssl.data.pipeline import QuarantineError, case_dataset, patch_dataset, prepare, train_dataset
 from rayssl.data.recipes import load_case
 from rayssl.data.sources import resolve_source
 from rayssl.data.synthetic import make_ct_phantoms, make_cxr_phantoms
@@ -93,6 +93,18 @@ def test_streamed_patches_match_cache_and_change_per_epoch(ray_session, phantoms
     assert len(first) == 3 * sum(c.split == "val" for c in resolve_source(data).cases)
     assert keys == again and keys != later
     assert all(r["image"].shape == (1, *ROI) for r in first)
+
+
+def test_case_dataset_whole_volumes(ray_session, phantoms):
+    data = _data(phantoms)
+    case = next(c for c in resolve_source(data).cases if c.split == "val")
+    rows = {r["case_id"]: r for r in case_dataset(data, "val").take_all()}
+    ref = load_case(case, "ct_btcv")
+    got = rows[case.case_id]
+    assert got["image"].tobytes() == ref["image"].tobytes() and got["image"].shape == ref["image"].shape
+    np.testing.assert_array_equal(got["label"], ref["label"])
+    np.testing.assert_allclose(got["spacing"], ref["spacing"])
+    assert got["affine"].shape == (4, 4)
 
 
 def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys):
