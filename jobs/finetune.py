@@ -1,0 +1,17 @@
+"""Fine-tune UNETR / Genesis U-Net / ViT classifier from pre-trained weights (or from scratch) and evaluate.
+
+    python jobs/finetune.py [--preset NAME] [--config FILE] [pretrained=PATH|none] [key=value ...]
+
+With no arguments: the ``tiny`` preset (UNETR from the newest tiny MAE pre-training run on the synthetic
+CT phantoms). The last printed line is the run directory (``result.json``, per-case CSV, NIfTI, PNG).
+"""
+
+from rayssl.cli import init_ray, parse_job_args
+from rayssl.config import FinetuneConfig
+
+if __name__ == "__main__":
+    cfg, _ = parse_job_args("finetune", FinetuneConfig, __doc__.splitlines()[0], default_preset="tiny")
+    init_ray()
+    from rayssl.finetune.driver import finetune
+
+    print(finetune(cfg))

@@ -1,0 +1,159 @@
+"""Whole-volume evaluation (MONAI sliding-window inference), classification scoring, and prediction export."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayssl.finetune.labels import discretise, to_channels, to_label_map
+from rayssl.finetune.metrics import dice_hd95, multilabel_auc, nanmean
+
+
+@torch.no_grad()
+def predict_volume(model: nn.Module, image: np.ndarray | torch.Tensor, roi, overlap: float = 0.5,
+                   sw_batch_size: int = 4, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits ``[1, K, *spatial]`` of a whole volume ``[C, *spatial]`` (Gaussian-weighted sliding window)."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
+    was_training = model.training
+    model.eval()
+    try:
+        out = sliding_window_inference(x, tuple(roi), sw_batch_size, model, overlap=overlap, mode="gaussian")
+    finally:
+        model.train(was_training)
+    return torch.as_tensor(out).as_subclass(torch.Tensor).float().cpu()
+
+
+def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_classes: int, class_names: list[str],
+                          roi, overlap: float = 0.5, sw_batch_size: int = 4, hd95: bool = True,
+                          device: torch.device | str = "cpu", keep: int = 0) -> dict:
+    """Dice (and HD95 in mm) per case and class over whole volumes.
+
+    Args:
+        model: the segmentation network.
+        volumes: ``load_case`` dicts with ``image``, ``label``, ``spacing``, ``affine``, ``case_id``.
+        mode: ``multiclass`` (background excluded from the scores) or ``brats_regions``.
+        num_classes: output channels.
+        class_names: names of the scored channels (``num_classes - 1`` for multiclass).
+        roi, overlap, sw_batch_size: sliding-window settings.
+        hd95: compute the 95% Hausdorff distance (slow on large volumes).
+        device: where inference runs.
+        keep: also return the predicted label maps of the first ``keep`` cases.
+
+    Returns:
+        ``{"rows": [per-case dicts], "mean_dice", "mean_hd95", "dice_<class>", "hd95_<class>",
+        "predictions": {case_id: uint8 label map}}``.
+    """
+    multiclass = mode == "multiclass"
+    rows, predictions = [], {}
+    for i, vol in enumerate(volumes):
+        logits = predict_volume(model, vol["image"], roi, overlap, sw_batch_size, device)
+        pred = discretise(logits, mode)
+        target = to_channels(torch.as_tensor(np.asarray(vol["label"]))[None].long(), mode, num_classes)
+        scores = dice_hd95(pred, target, vol.get("spacing"), include_background=not multiclass, hd95=hd95)
+        row = {"case_id": vol["case_id"], "split": vol.get("split", "")}
+        for k, name in enumerate(class_names):
+            row[f"dice_{name}"] = float(scores["dice"][0, k])
+            if hd95:
+                row[f"hd95_{name}"] = float(scores["hd95"][0, k])
+        row["mean_dice"] = nanmean(scores["dice"][0])
+        if hd95:
+            row["mean_hd95"] = nanmean(scores["hd95"][0])
+        rows.append(row)
+        if i < keep:
+            predictions[vol["case_id"]] = to_label_map(pred, mode)[0].numpy()
+    summary = {"rows": rows, "predictions": predictions}
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith(("dice_", "hd95_", "mean_"))]
+    for key in keys:
+        summary[key] = nanmean([r[key] for r in rows])
+    return summary
+
+
+@torch.no_grad()
+def evaluate_classification(model: nn.Module, images: list[dict], class_names: list[str], batch_size: int = 16,
+                            device: torch.device | str = "cpu") -> dict:
+    """Per-finding AUC and mean AUC; ``images`` are dicts with ``image`` ``[C, H, W]``, ``target`` ``[K]``, ``case_id``."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32) for d in images[start:start + batch_size]])
+            scores.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+    finally:
+        model.train(was_training)
+    y_score = torch.cat(scores).numpy() if scores else np.zeros((0, len(class_names)))
+    y_true = np.stack([np.asarray(d["target"], np.float32) for d in images])
+    auc = multilabel_auc(y_true, y_score, class_names)
+    rows = [{"case_id": d["case_id"], "split": d.get("split", ""),
+             **{f"score_{n}": float(s) for n, s in zip(class_names, y_score[i])},
+             **{f"target_{n}": int(t) for n, t in zip(class_names, y_true[i])}} for i, d in enumerate(images)]
+    return {"rows": rows, "mean_auc": auc["mean_auc"], "skipped": auc["skipped"],
+            **{f"auc_{n}": v for n, v in auc["per_class"].items()}}
+
+
+def center_crop(image: np.ndarray, roi) -> np.ndarray:
+    """Crop ``[C, *spatial]`` to ``roi`` around the centre (2D evaluation when the ROI is smaller than the image)."""
+    starts = [max(0, (s - r) // 2) for s, r in zip(image.shape[1:], roi)]
+    return image[(slice(None), *(slice(a, a + r) for a, r in zip(starts, roi)))]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """Rows (dicts) to CSV; the header is the union of keys in first-seen order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_nifti(label_map: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """A uint8 label map with the (preprocessed) input's affine, so it overlays the image in any viewer."""
+    import nibabel as nib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(label_map, np.uint8), np.asarray(affine, np.float64))
+    img.set_qform(np.asarray(affine, np.float64), code=1)
+    img.set_sform(np.asarray(affine, np.float64), code=1)
+    nib.save(img, str(path))
+    return path
+
+
+def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """PNG: the axial slice with most ground truth; image, ground truth and prediction overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0))) if label.any() else label.shape[-1] // 2
+    base = np.rot90(np.asarray(image)[0][:, :, z])
+    vmax = int(max(label.max(), pred.max(), 1))
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    for ax, (name, lab) in zip(axes, (("image", None), ("ground truth", label), ("prediction", pred))):
+        ax.imshow(base, cmap="gray", interpolation="nearest")
+        if lab is not None:
+            ax.imshow(np.ma.masked_equal(np.rot90(lab[:, :, z]), 0), cmap="tab10", vmin=0, vmax=max(vmax, 9),
+                      alpha=0.5, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

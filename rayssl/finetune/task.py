@@ -1,0 +1,94 @@
+"""What a fine-tuning run predicts (from the config and the source), its loss, and its evaluation cases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from rayssl.config import FinetuneConfig
+from rayssl.data.sources import Case, Source
+from rayssl.finetune.labels import BRATS_REGIONS, brats_regions
+
+
+def label_mode(cfg: FinetuneConfig, source: Source) -> str:
+    """``multilabel`` for the classifier, ``brats_regions`` for BraTS-like MRI, else ``multiclass``."""
+    if cfg.task.labels is not None:
+        mode = cfg.task.labels
+    elif cfg.model.arch == "vit_classifier":
+        mode = "multilabel"
+    else:
+        mode = "brats_regions" if (cfg.data.recipe or source.recipe) == "mri_brats" else "multiclass"
+    if (mode == "multilabel") != (cfg.model.arch == "vit_classifier"):
+        raise ValueError(f"task.labels={mode} does not fit model.arch={cfg.model.arch}")
+    return mode
+
+
+def task_spec(cfg: FinetuneConfig, source: Source) -> dict:
+    """``{"mode", "num_classes", "class_names" (scored channels), "channels"}`` for a source.
+
+    Raises:
+        ValueError: no class information (set ``task.num_classes``) or a loss that does not fit the task.
+    """
+    mode = label_mode(cfg, source)
+    if mode == "multilabel":
+        names = list(source.class_names)
+        if cfg.task.num_classes is not None and names and cfg.task.num_classes != len(names):
+            raise ValueError(f"task.num_classes={cfg.task.num_classes} but source {cfg.data.source!r} has "
+                             f"{len(names)} findings")
+        num = cfg.task.num_classes or len(names)
+        names = names or [f"class_{k}" for k in range(num or 0)]
+    elif mode == "brats_regions":
+        num, names = len(BRATS_REGIONS), list(BRATS_REGIONS)
+    else:
+        num = cfg.task.num_classes or (max(source.labels) + 1 if source.labels else None)
+        names = [source.labels.get(k, f"class_{k}") for k in range(1, num or 0)]
+    if not num or (mode == "multiclass" and num < 2):
+        raise ValueError(f"cannot tell the number of classes of source {cfg.data.source!r}; set task.num_classes")
+    loss = cfg.task.loss or {"multiclass": "dicece", "brats_regions": "dice", "multilabel": "bce"}[mode]
+    if (loss == "bce") != (mode == "multilabel"):
+        raise ValueError(f"task.loss={loss} does not fit task.labels={mode}")
+    return {"mode": mode, "num_classes": int(num), "class_names": [n.replace(" ", "_") for n in names],
+            "channels": source.channels, "loss": loss}
+
+
+class SegLoss(nn.Module):
+    """DiceCE / Dice on logits ``[N, K, *roi]`` and label maps ``[N, *roi]`` (softmax one-hot or BraTS sigmoid regions)."""
+
+    def __init__(self, mode: str, loss: str):
+        super().__init__()
+        from monai.losses import DiceCELoss, DiceLoss
+
+        self.mode = mode
+        kw = dict(sigmoid=True) if mode == "brats_regions" else dict(softmax=True, to_onehot_y=True)
+        self.fn = DiceCELoss(**kw) if loss == "dicece" else DiceLoss(**kw)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        target = brats_regions(label) if self.mode == "brats_regions" else label[:, None].float()
+        return self.fn(logits, target)
+
+
+def build_loss(spec: dict) -> nn.Module:
+    if spec["mode"] == "multilabel":
+        return nn.BCEWithLogitsLoss()
+    return SegLoss(spec["mode"], spec["loss"])
+
+
+def case_dicts(cases: list[Case]) -> list[dict]:
+    return [dataclasses.asdict(c) for c in cases]
+
+
+def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str) -> list[dict]:
+    """Read and preprocess evaluation cases (whole volumes; 2D images centre-cropped to the ROI)."""
+    from rayssl.data.pipeline import _size_2d
+    from rayssl.data.recipes import load_case
+    from rayssl.finetune.evaluate import center_crop
+
+    out = []
+    for c in cases:
+        vol = load_case(Case(**c), recipe, cfg.data.spacing, _size_2d(cfg.data))
+        if len(cfg.data.roi) == 2:
+            vol["image"] = center_crop(vol["image"], cfg.data.roi)
+        out.append(vol)
+    return out

@@ -1,0 +1,145 @@
+"""Loading pre-trained weights into a downstream network: strict about the architecture, explicit about what loaded.
+
+``pretrained`` is ``none``, an exported ``encoder.safetensors`` / ``unet.safetensors`` (with its JSON
+sidecar) or a pre-training run directory. A ViT encoder must match in spatial dims, patch size, width,
+depth, heads and channels; a different ROI is fine (position embeddings are interpolated). The Genesis
+U-Net must match in width, norm and channels; only its output convolution is new.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rayssl.models.genesis_unet import GenesisUNet
+from rayssl.models.vit import ViTEncoder, check_grid, interpolate_pos_embed
+from rayssl.train.checkpoint import load_export
+
+EXPORT_NAMES = ("encoder.safetensors", "unet.safetensors")
+
+
+def resolve_pretrained(spec: str | None) -> Path | None:
+    """``none`` -> ``None``; a run directory -> its ``export/*.safetensors``; a file -> itself.
+
+    A glob (``runs/tiny-mae-*``) picks the newest matching run directory that has exported weights.
+
+    Raises:
+        ValueError: the path does not exist or the directory holds no exported weights.
+    """
+    if spec is None or str(spec).strip().lower() in ("", "none"):
+        return None
+    path = Path(str(spec)).expanduser()
+    if any(ch in str(path) for ch in "*?["):  # newest matching run directory with exported weights
+        runs = [p for p in path.parent.glob(path.name) if any((p / "export" / n).is_file() for n in EXPORT_NAMES)]
+        if not runs:
+            raise ValueError(f"pretrained={spec!r}: no pre-training run with exported weights matches "
+                             "(run python jobs/pretrain.py first, or pass pretrained=none)")
+        path = max(runs, key=lambda p: p.stat().st_mtime)
+    if path.is_dir():
+        for folder in (path / "export", path):
+            for name in EXPORT_NAMES:
+                if (folder / name).is_file():
+                    return (folder / name).resolve()
+        raise ValueError(f"pretrained={spec!r}: directory holds no export/encoder.safetensors or export/unet.safetensors")
+    st = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+    if not st.is_file():
+        raise ValueError(f"pretrained={spec!r} does not exist (expected 'none', an exported .safetensors file "
+                         "or a pre-training run directory)")
+    return st.resolve()
+
+
+def _mismatch(source: Path, pairs: dict[str, tuple]) -> None:
+    diff = [f"{k}: checkpoint {a!r}, model {b!r}" for k, (a, b) in pairs.items() if a is not None and a != b]
+    if diff:
+        raise ValueError(f"pretrained weights {source} do not fit the model:\n  " + "\n  ".join(diff))
+
+
+def _check_shapes(source: Path, state: dict, module: nn.Module, prefix: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{prefix}{k}: checkpoint {list(state[k].shape)}, model {list(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        lines = ([f"missing in checkpoint: {', '.join(prefix + k for k in missing)}"] if missing else []) + \
+                ([f"not in model: {', '.join(unexpected)}"] if unexpected else []) + shapes
+        raise ValueError(f"pretrained weights {source} do not fit the model:\n  " + "\n  ".join(lines))
+
+
+def _load_vit(encoder: ViTEncoder, weights: dict, meta: dict, source: Path) -> dict:
+    if meta.get("architecture") != "vit":
+        raise ValueError(f"pretrained weights {source} hold a {meta.get('architecture')!r} network "
+                         f"(method {meta.get('method')!r}); this model needs a ViT encoder (MAE pre-training)")
+    _mismatch(source, {
+        "spatial_dims": (meta.get("spatial_dims"), encoder.spatial_dims),
+        "patch_size": (meta.get("patch_size"), encoder.patch_size),
+        "embed_dim (width)": (meta.get("embed_dim"), encoder.embed_dim),
+        "depth": (meta.get("depth"), encoder.depth),
+        "num_heads": (meta.get("num_heads"), encoder.blocks[0].attn.num_heads),
+        "in_channels": (meta.get("in_channels"), encoder.in_channels),
+    })
+    state = dict(weights)
+    interpolated = None
+    pos = state.get("pos_embed")
+    if pos is not None and meta.get("roi") is not None:
+        old_grid = check_grid(encoder.spatial_dims, meta["roi"], encoder.patch_size)
+        if old_grid != encoder.grid_size:
+            state["pos_embed"] = interpolate_pos_embed(pos, old_grid, encoder.grid_size)
+            interpolated = [list(old_grid), list(encoder.grid_size)]
+    _check_shapes(source, state, encoder, "encoder.")
+    with torch.no_grad():
+        encoder.load_state_dict(state, strict=True)
+    return {"pos_embed_interpolated": interpolated, "loaded": sorted(f"encoder.{k}" for k in state)}
+
+
+def _load_unet(unet: GenesisUNet, weights: dict, meta: dict, source: Path) -> dict:
+    if meta.get("architecture") != "genesis_unet":
+        raise ValueError(f"pretrained weights {source} hold a {meta.get('architecture')!r} network "
+                         f"(method {meta.get('method')!r}); model.arch=genesis_unet needs Models Genesis weights")
+    first = unet.down[0][0].conv
+    _mismatch(source, {
+        "base_channels": (meta.get("base_channels"), unet.feature_channels[0] // 2),
+        "norm": (meta.get("norm"), unet.norm),
+        "in_channels": (meta.get("in_channels"), first.in_channels),
+    })
+    state = {k: v for k, v in weights.items() if not k.startswith("out.")}  # new output head
+    own = {k: v for k, v in unet.state_dict().items() if not k.startswith("out.")}
+    probe = nn.Module()
+    probe.state_dict = lambda: own  # compare against the body only
+    _check_shapes(source, state, probe, "")
+    with torch.no_grad():
+        unet.load_state_dict(state, strict=False)
+    return {"pos_embed_interpolated": None, "loaded": sorted(state)}
+
+
+def load_pretrained(model: nn.Module, spec: str | None) -> dict:
+    """Initialise ``model`` (UNETR, ViT classifier or Genesis U-Net) from pre-trained weights.
+
+    Args:
+        model: the downstream network; UNETR / classifier expose ``.encoder`` (a :class:`ViTEncoder`).
+        spec: ``none``, an exported ``.safetensors`` or a pre-training run directory.
+
+    Returns:
+        ``{"source", "method", "loaded": [parameter names], "new": [names trained from scratch],
+        "pos_embed_interpolated": [old grid, new grid] | None}`` (``source`` ``None`` for ``none``).
+
+    Raises:
+        ValueError: missing file, or the checkpoint's architecture, patch size, width, depth, heads,
+            channels or any parameter shape differs from the model's (all differences are listed).
+    """
+    path = resolve_pretrained(spec)
+    names = [k for k in model.state_dict()]
+    if path is None:
+        return {"source": None, "method": None, "loaded": [], "new": names, "pos_embed_interpolated": None}
+    weights, meta = load_export(path)
+    if isinstance(model, GenesisUNet):
+        report = _load_unet(model, weights, meta, path)
+    elif isinstance(getattr(model, "encoder", None), ViTEncoder):
+        report = _load_vit(model.encoder, weights, meta, path)
+    else:
+        raise ValueError(f"cannot load pretrained weights into {type(model).__name__}")
+    loaded = set(report["loaded"])
+    return {"source": str(path), "method": meta.get("method"), **report,
+            "new": [k for k in names if k not in loaded]}
