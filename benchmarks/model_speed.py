@@ -1,6 +1,6 @@
 """Pre-training compute, side by side in one run, with ratios.
 
-    python benchmarks/model_speed.py [--size base] [--roi 96] [--batch 1] [--repeats 3]
+    python benchmarks/model_speed.py [--size base] [--roi 96] [--batch 4] [--repeats 3]
                                      [--genesis-batch 8] [--threads 0] [--skip-mae] [--skip-genesis]
 
 (c) MAE forward + backward at mask ratio 0.75 with the encoder on the visible tokens only, vs the same
@@ -199,7 +199,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="base", choices=["tiny", "small", "base", "large"])
     p.add_argument("--roi", type=int, default=96)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--genesis-batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

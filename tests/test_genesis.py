@@ -246,3 +246,14 @@ def test_pipeline_validates_inputs():
         GenesisCorruption()(torch.zeros(1, 8, 8, dtype=torch.float32))
     with pytest.raises(ValueError, match="which"):
         G.inpaint(torch.rand(2, 1, 8, 8, 8), gen(), which=torch.tensor([1, 0]))
+
+
+def test_local_pixel_shuffle_large_batch_in_chunks():
+    x = unique_volume(70, 1, (4, 4, 4))  # more samples than one packed-key call takes
+    which = torch.arange(70) % 3 > 0
+    out = G.local_pixel_shuffle(x, gen(18), n_blocks=5, max_frac=0.5, which=which)
+    assert torch.equal(out[~which], x[~which])
+    assert (out != x).flatten(1).any(dim=1)[which].float().mean() > 0.9
+    assert torch.equal((out * x.numel()).round().long() // 64, torch.arange(70).view(70, 1, 1, 1, 1).expand_as(x))
+    with pytest.raises(ValueError, match="which"):
+        G.local_pixel_shuffle(x, gen(), which=torch.ones(3, dtype=torch.bool))

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 from torch import Tensor
 
@@ -202,6 +201,13 @@ def local_pixel_shuffle(x: Tensor, generator: torch.Generator | None = None, n_b
         which: optional bool ``[N]`` selecting the samples to shuffle.
     """
     _check_image(x)
+    chunk = 64  # samples per call, so that the packed int64 keys keep enough random bits
+    if x.shape[0] > chunk:
+        _select(x.shape[0], which, x.device)  # validate ``which`` once
+        parts = [local_pixel_shuffle(x[i:i + chunk], generator, n_blocks, max_frac,
+                                     None if which is None else which[i:i + chunk])
+                 for i in range(0, x.shape[0], chunk)]
+        return torch.cat(parts)
     return shuffle_blocks(x, draw_shuffle_blocks(x, generator, n_blocks, max_frac, which), generator)
 
 
