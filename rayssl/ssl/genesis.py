@@ -246,9 +246,11 @@ def apply_curve(x: Tensor, xs: Tensor, ys: Tensor, bins: int = 4097) -> Tensor:
     w = ((grid - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
     dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 cannot hold bin positions
     table = torch.lerp(ys.gather(1, i - 1), ys.gather(1, i), w).to(dtype)  # [N, bins]
-    pos = x.reshape(n, -1).to(dtype).clamp(0, 1) * (bins - 1)
-    j = pos.long().clamp(max=bins - 2)
-    return torch.lerp(table.gather(1, j), table.gather(1, j + 1), pos - j).to(x.dtype).view_as(x)
+    slope = table.diff(dim=1)  # [N, bins - 1]
+    pos = x.reshape(n, -1).to(dtype, copy=True).clamp_(0, 1).mul_(bins - 1)
+    j = pos.long().clamp_(max=bins - 2)
+    pos -= j  # fraction inside the bin
+    return table.gather(1, j).addcmul_(slope.gather(1, j), pos).to(x.dtype).view_as(x)
 
 
 def nonlinear_transform(x: Tensor, generator: torch.Generator | None = None, which: Tensor | None = None,
