@@ -156,7 +156,14 @@ def shuffle_blocks(x: Tensor, blocks: Tensor, generator: torch.Generator | None 
     vmask = (1 << vb) - 1
     flat = sort_key & vmask  # sample * V + voxel of each entry
     gen_dev = generator.device if generator is not None else "cpu"
-    sort_key += torch.randint(0, 1 << rb, (total,), generator=generator, device=gen_dev).to(dev) << vb
+    if dev.type == "cpu":  # raw PCG64 bits (seeded from the generator) cost a fraction of torch.randint
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_dev))
+        bits = np.random.PCG64(seed).random_raw(total)
+        bits >>= np.uint64(64 - rb)
+        bits <<= np.uint64(vb)
+        sort_key.numpy().__iadd__(bits.view(np.int64))
+    else:
+        sort_key += torch.randint(0, 1 << rb, (total,), generator=generator, device=gen_dev).to(dev) << vb
     owner = torch.full((n * volume,), -1, dtype=torch.long, device=dev)
     owner.scatter_reduce_(0, flat, owner_key, reduce="amax")
     if dev.type == "cpu":  # numpy's SIMD sort is several times faster than torch.sort on CPU
