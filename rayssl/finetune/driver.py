@@ -126,6 +126,7 @@ def finetune(cfg: FinetuneConfig) -> str:
     plan = plan_run(cfg, run_dir)
     files = RunFiles(run_dir)
     files.write_json("config.json", dump_config(cfg))
+    files.write_json("plan_cases.json", {"val": plan["val_cases"], "test": plan["test_cases"]})
     spec, report = plan["spec"], plan["load_report"]
     print(f"[rayssl] fine-tuning {cfg.model.arch} ({spec['mode']}, {spec['num_classes']} outputs) on {cfg.data.source}: "
           f"{plan['n_train']} train / {len(plan['val_cases'])} val / {len(plan['test_cases'])} test cases, "
