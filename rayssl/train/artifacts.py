@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-
-def is_uri(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
+from rayssl.data.io import is_uri, open_uri
 
 
 class RunFiles:
@@ -46,5 +44,5 @@ class RunFiles:
     def sync(self) -> None:
         """Upload the staged files (no-op for a local run directory)."""
         if self.remote:
-            fs, root = pafs.FileSystem.from_uri(self.run_dir)
+            fs, root = open_uri(self.run_dir)
             pafs.copy_files(str(self.local), root, destination_filesystem=fs)

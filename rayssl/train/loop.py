@@ -15,7 +15,7 @@ import torch.distributed as dist
 from rayssl.config import PretrainConfig
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.checkpoint import load_weights, read_state, restore_engine, save_checkpoint, set_schedule_step
-from rayssl.train.engine import build_engine, deepspeed_config, resolve_precision
+from rayssl.train.engine import build_engine, deepspeed_config, ensure_cpu_accelerator, resolve_precision
 from rayssl.train.methods import build_model, build_objective
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
 from rayssl.train.preview import save_preview
@@ -58,6 +58,10 @@ def train_loop_per_worker(config: dict) -> None:
     precision = resolve_precision(cfg.scale, device.type == "cuda")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     files = RunFiles(plan["run_dir"]) if rank == 0 else None
+    ensure_cpu_accelerator()
+    import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
+
+    base_mem = peak_memory_mb(device)  # the process before the model: libraries, Ray, DeepSpeed
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, plan["channels"])
@@ -104,7 +108,8 @@ def train_loop_per_worker(config: dict) -> None:
     def report(with_checkpoint: bool) -> None:
         nonlocal window_loss, window_n, window_t0, window_samples, last_metrics
         elapsed = time.perf_counter() - window_t0
-        mems = _all_gather(peak_memory_mb(device))
+        peak = peak_memory_mb(device)
+        mems, train_mems = _all_gather(peak), _all_gather(peak - base_mem)
         metrics = {
             "step": state["step"],
             "epoch": state["epoch"],
@@ -115,6 +120,7 @@ def train_loop_per_worker(config: dict) -> None:
             "world_size": world,
             "resumes": state.get("resumes", 0),
             "peak_mem_mb_max": max(mems),
+            "train_mem_mb_max": max(train_mems),
             **{f"peak_mem_mb_rank{i}": m for i, m in enumerate(mems)},
         }
         if files:

@@ -11,7 +11,8 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from rayssl.config import PretrainConfig, dump_config
-from rayssl.train.artifacts import RunFiles, is_uri
+from rayssl.data.io import is_uri
+from rayssl.train.artifacts import RunFiles
 from rayssl.train.checkpoint import export_state, load_weights, save_export
 from rayssl.train.loop import train_loop_per_worker
 from rayssl.train.methods import export_meta
@@ -65,8 +66,13 @@ def data_plan(cfg: PretrainConfig):
     return ds, num_patches, channels
 
 
-def pretrain(cfg: PretrainConfig) -> str:
+def pretrain(cfg: PretrainConfig, dataset: ray.data.Dataset | None = None) -> str:
     """Run self pre-training; returns the run directory (local path or URI).
+
+    Args:
+        cfg: the pre-training config.
+        dataset: optional Ray Dataset with an ``image`` column (``[C, *cfg.data.roi]`` per row) to train
+            on instead of the one ``cfg.data`` describes.
 
     The run directory ``<run.storage_path>/<run.name>`` holds Ray Train's checkpoints,
     ``metrics.jsonl``, ``previews/*.png``, ``export/encoder.safetensors`` (+ ``.json`` sidecar) and
@@ -78,7 +84,11 @@ def pretrain(cfg: PretrainConfig) -> str:
     files = RunFiles(run_dir)
     files.write_json("config.json", dump_config(cfg))
 
-    ds, num_patches, channels = data_plan(cfg)
+    if dataset is None:
+        ds, num_patches, channels = data_plan(cfg)
+    else:
+        ds, num_patches = dataset.select_columns(["image"]), dataset.count()
+        channels = int(dataset.take(1)[0]["image"].shape[0])
     total_batch = cfg.batch_size * cfg.optim.grad_accum * _max_workers(cfg)
     plan = {
         "run_dir": run_dir,
