@@ -10,28 +10,40 @@ import json
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.fs as pafs
 
 from rayssl.data.io import is_uri, open_uri
+
+METRICS = "metrics.jsonl"
 
 
 class RunFiles:
     """The run directory as seen by the driver or by the rank-0 worker."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, pull_metrics: bool = False):
         self.run_dir = str(run_dir)
         self.remote = is_uri(self.run_dir)
         self.local = Path(tempfile.mkdtemp(prefix="rayssl-run-")) if self.remote else Path(self.run_dir)
         self.local.mkdir(parents=True, exist_ok=True)
+        if self.remote and pull_metrics:  # a resumed run appends to the metrics already uploaded
+            fs, root = open_uri(self.run_dir)
+            src = f"{root.rstrip('/')}/{METRICS}"
+            if fs.get_file_info(src).type == pafs.FileType.File:
+                with fs.open_input_stream(src) as f:
+                    (self.local / METRICS).write_bytes(f.read())
 
     def path(self, rel: str) -> Path:
         p = self.local / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def append_jsonl(self, rel: str, record: dict) -> None:
-        with self.path(rel).open("a") as f:
+    def log_metrics(self, record: dict) -> None:
+        """Append ``record`` to ``metrics.jsonl`` and rewrite ``metrics.csv`` from it (keys may vary
+        between rows, e.g. per-worker columns after a resume on another number of workers)."""
+        with self.path(METRICS).open("a") as f:
             f.write(json.dumps(record) + "\n")
+        pd.read_json(self.path(METRICS), lines=True).to_csv(self.path("metrics.csv"), index=False)
 
     def write_json(self, rel: str, obj) -> Path:
         p = self.path(rel)
@@ -45,4 +57,5 @@ class RunFiles:
         """Upload the staged files (no-op for a local run directory)."""
         if self.remote:
             fs, root = open_uri(self.run_dir)
+            fs.create_dir(root, recursive=True)  # a no-op on object stores
             pafs.copy_files(str(self.local), root, destination_filesystem=fs)

@@ -57,7 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(cfg.scale, device.type == "cuda")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    files = RunFiles(plan["run_dir"]) if rank == 0 else None
+    files = RunFiles(plan["run_dir"], pull_metrics=True) if rank == 0 else None
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
 
@@ -124,7 +124,7 @@ def train_loop_per_worker(config: dict) -> None:
             **{f"peak_mem_mb_rank{i}": m for i, m in enumerate(mems)},
         }
         if files:
-            files.append_jsonl("metrics.jsonl", {"time": time.time(), **metrics})
+            files.log_metrics({"time": time.time(), **metrics})
             print(
                 f"[rayssl] epoch {state['epoch']} step {state['step']}/{total_steps} loss {metrics['loss']:.5f} "
                 f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.1f} samples/s mem {max(mems):.0f} MB",

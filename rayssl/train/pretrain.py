@@ -37,6 +37,14 @@ def use_gpu(cfg: PretrainConfig) -> bool:
 
 def scaling_config(cfg: PretrainConfig) -> ray.train.ScalingConfig:
     gpu = use_gpu(cfg)
+    wanted = cfg.scale.cpus_per_worker * _max_workers(cfg)
+    if wanted >= ray.cluster_resources().get("CPU", 0) > 0:
+        print(
+            f"[rayssl] warning: the train workers reserve {wanted:g} of the cluster's "
+            f"{ray.cluster_resources()['CPU']:g} CPUs and Ray Data needs some to feed them; unless the "
+            "autoscaler adds nodes, lower scale.cpus_per_worker",
+            flush=True,
+        )
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if gpu:
         resources["GPU"] = cfg.scale.gpus_per_worker

@@ -1,0 +1,33 @@
+import json
+
+import pandas as pd
+
+from rayssl.train.artifacts import RunFiles
+
+
+def test_metrics_jsonl_and_csv_with_varying_keys(tmp_path):
+    files = RunFiles(str(tmp_path / "run"))
+    files.log_metrics({"step": 1, "loss": 0.5, "peak_mem_mb_rank0": 10.0, "peak_mem_mb_rank1": 11.0})
+    files.log_metrics({"step": 2, "loss": 0.25, "peak_mem_mb_rank0": 9.0})
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    csv = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(csv["loss"]) == [0.5, 0.25]
+    assert csv["peak_mem_mb_rank1"].isna().tolist() == [False, True]
+
+
+def test_remote_run_dir_is_staged_uploaded_and_resumed(tmp_path):
+    uri = f"file://{tmp_path}/bucket/run"
+    first = RunFiles(uri)
+    assert first.remote and first.local != tmp_path / "bucket" / "run"
+    first.log_metrics({"step": 1, "loss": 1.0})
+    first.write_json("result.json", {"ok": True})
+    first.sync()
+    assert json.loads((tmp_path / "bucket" / "run" / "result.json").read_text()) == {"ok": True}
+    assert first.uri("result.json") == f"{uri}/result.json"
+
+    resumed = RunFiles(uri, pull_metrics=True)  # e.g. the rank-0 worker after a restart
+    resumed.log_metrics({"step": 2, "loss": 0.5})
+    resumed.sync()
+    lines = (tmp_path / "bucket" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
