@@ -61,7 +61,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(cfg.scale, device.type == "cuda")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    files = RunFiles(plan["run_dir"]) if rank == 0 else None
+    files = RunFiles(plan["run_dir"], pull_metrics=True) if rank == 0 else None
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, spec["channels"], spec["num_classes"])
@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
                        samples_per_s=samples * world / max(elapsed, 1e-9), world_size=world,
                        resumes=state.get("resumes", 0))
         if files:
-            files.append_jsonl("metrics.jsonl", {"time": time.time(), **metrics})
+            files.log_metrics({"time": time.time(), **metrics})
             print(f"[rayssl] epoch {state['epoch']} step {state['step']}/{total_steps} loss {train_loss:.4f} "
                   f"val {value:.4f} (best {state['best_metric']} at epoch {state['best_epoch']})", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
