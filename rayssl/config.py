@@ -357,7 +357,7 @@ class FinetuneConfig(Strict):
     pretrained: str = "none"
     """``none`` (from scratch), an exported ``.safetensors`` or a pre-training run directory."""
     data: DataConfig = DataConfig()
-    """Presets set ``sampling: balanced`` and a ``test_fold`` (a nested key given resets the rest to class defaults)."""
+    """The presets set ``sampling: balanced`` and a ``test_fold`` for sources without a test split."""
     model: FinetuneModelConfig = FinetuneModelConfig()
     task: TaskConfig = TaskConfig()
     optim: OptimConfig = OptimConfig()

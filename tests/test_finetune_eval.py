@@ -1,0 +1,85 @@
+"""Fine-tuning pieces without Ray: augmentation, classification scoring, 2D weight loading, sliding window."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rayssl.finetune.augment import RandAugment2D, SegAugment
+from rayssl.finetune.evaluate import center_crop, evaluate_classification, evaluate_segmentation, predict_volume
+from rayssl.finetune.weights import load_pretrained
+from rayssl.models.classifier import ViTClassifier
+from rayssl.models.vit import VIT_SIZES, ViTEncoder
+from rayssl.train.checkpoint import save_export
+
+
+def test_seg_augment_moves_label_with_image_and_is_seeded():
+    torch.manual_seed(0)
+    label = (torch.rand(8, 16, 16, 16) > 0.7).long()
+    image = 10.0 * label[:, None].float()  # intensity aug keeps label-1 voxels within [8.9, 11.1]
+    x1, y1 = SegAugment((16, 16, 16), seed=3)(image, label)
+    x2, y2 = SegAugment((16, 16, 16), seed=3)(image, label)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == image.shape and y1.shape == label.shape
+    assert torch.equal(x1[:, 0] > 5, y1 == 1)  # geometry applied to both
+    assert not torch.equal(y1, label)  # 8 samples: some flip / rotation happened
+    assert torch.equal(y1.sum(dim=(1, 2, 3)), label.sum(dim=(1, 2, 3)))  # flips / rot90 keep voxel counts
+
+
+def test_randaugment_2d_keeps_range_shape_and_targets():
+    x = torch.rand(4, 1, 32, 32)
+    t = torch.randint(0, 2, (4, 14)).float()
+    y, t2 = RandAugment2D(seed=0)(x, t)
+    assert y.shape == x.shape and torch.equal(t2, t)
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0 and not torch.equal(y, x)
+
+
+class Brightness(nn.Module):
+    """Logit k = (mean intensity - 0.5) * sign_k: finding 0 is "bright", finding 1 "dark"."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1, keepdim=True) - 0.5
+        return torch.cat([m, -m, torch.zeros_like(m)], dim=1)
+
+
+def test_evaluate_classification_auc_and_skipped():
+    bright = [0.9, 0.8, 0.2, 0.1, 0.7, 0.3]
+    images = [{"case_id": f"c{i}", "image": np.full((1, 4, 4), b, np.float32),
+               "target": np.array([b > 0.5, b < 0.5, 1.0], np.float32)} for i, b in enumerate(bright)]
+    out = evaluate_classification(Brightness(), images, ["bright", "dark", "always"], batch_size=4)
+    assert out["auc_bright"] == 1.0 and out["auc_dark"] == 1.0 and out["mean_auc"] == 1.0
+    assert out["skipped"] == ["always"] and len(out["rows"]) == 6 and out["rows"][0]["target_bright"] == 1
+
+
+def test_classifier_loads_2d_encoder_with_interpolated_pos_embed(tmp_path):
+    torch.manual_seed(0)
+    enc = ViTEncoder(2, (32, 32), 8, 1, **VIT_SIZES["tiny"])
+    meta = {"method": "mae", "architecture": "vit", "spatial_dims": 2, "roi": [32, 32], "in_channels": 1,
+            "patch_size": 8, **VIT_SIZES["tiny"]}
+    st, _ = save_export(enc.state_dict(), meta, tmp_path / "encoder")
+    model = ViTClassifier(2, (64, 64), 8, 1, 14, **VIT_SIZES["tiny"])
+    report = load_pretrained(model, str(st))
+    assert report["pos_embed_interpolated"] == [[4, 4], [8, 8]]
+    assert sorted(report["new"]) == ["head.bias", "head.weight"]
+    with pytest.raises(ValueError, match="spatial_dims: checkpoint 2, model 3"):
+        load_pretrained(ViTClassifier(3, (32, 32, 32), 8, 1, 14, **VIT_SIZES["tiny"]), str(st))
+
+
+class Threshold(nn.Module):
+    """Two-class logits from intensity: class 1 where the voxel is above 0.5."""
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5], dim=1) * 10
+
+
+def test_sliding_window_evaluation_of_a_whole_volume():
+    label = np.zeros((20, 18, 12), np.uint8)
+    label[4:10, 3:9, 2:8] = 1
+    image = label[None].astype(np.float32)
+    logits = predict_volume(Threshold(), image, (8, 8, 8), overlap=0.5)
+    assert logits.shape == (1, 2, 20, 18, 12)  # volume not a multiple of the ROI: padded and cropped back
+    vol = {"case_id": "a", "image": image, "label": label, "spacing": (2.0, 2.0, 2.0)}
+    out = evaluate_segmentation(Threshold(), [vol], "multiclass", 2, ["fg"], (8, 8, 8), keep=1)
+    assert out["mean_dice"] == pytest.approx(1.0) and out["hd95_fg"] == pytest.approx(0.0)
+    assert np.array_equal(out["predictions"]["a"], label)
+    assert center_crop(np.zeros((1, 10, 12)), (4, 4)).shape == (1, 4, 4)
