@@ -111,7 +111,7 @@ def _clean(obj):
     return obj
 
 
-def finetune(cfg: FinetuneConfig) -> str:
+def finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     """Fine-tune, keep the best validation checkpoint, evaluate it on validation and test; return the run directory.
 
     The run directory ``<run.storage_path>/<run.name>`` holds Ray Train's checkpoints, ``metrics.jsonl``
@@ -119,6 +119,11 @@ def finetune(cfg: FinetuneConfig) -> str:
     scores), ``predictions/*.nii.gz`` (with the preprocessed input's affine), ``overlays/*.png`` and
     ``result.json`` (task, metrics on val and test, pretrained source and what loaded, config).
     Re-running with the same ``run.name`` resumes from the last checkpoint.
+
+    Args:
+        cfg: the fine-tuning config.
+        callbacks: Ray Train callbacks, e.g. ``[TuneReportCallback()]`` inside a Ray Tune trial; every
+            validation reports ``val_metric`` (and ``val_dice`` or ``val_auc``).
     """
     name = cfg.run.name or default_run_name(cfg)
     storage = cfg.run.storage_path if is_uri(cfg.run.storage_path) else str(Path(cfg.run.storage_path).resolve())
@@ -149,6 +154,7 @@ def finetune(cfg: FinetuneConfig) -> str:
             name=name, storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks,
         ),
         datasets={"train": ds},
     )

@@ -19,7 +19,8 @@ def predict_volume(model: nn.Module, image: np.ndarray | torch.Tensor, roi, over
     """Logits ``[1, K, *spatial]`` of a whole volume ``[C, *spatial]`` (Gaussian-weighted sliding window)."""
     from monai.inferers import sliding_window_inference
 
-    x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
+    dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32
+    x = torch.as_tensor(np.asarray(image), dtype=dtype, device=device)[None]  # bf16 under a bf16 engine
     was_training = model.training
     model.eval()
     try:
@@ -84,7 +85,8 @@ def evaluate_classification(model: nn.Module, images: list[dict], class_names: l
     try:
         for start in range(0, len(images), batch_size):
             x = torch.stack([torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32) for d in images[start:start + batch_size]])
-            scores.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+            dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32
+            scores.append(torch.sigmoid(model(x.to(device=device, dtype=dtype)).float()).cpu())
     finally:
         model.train(was_training)
     y_score = torch.cat(scores).numpy() if scores else np.zeros((0, len(class_names)))
