@@ -103,3 +103,19 @@ def test_job_rejects_bad_config_before_ray():
     job = Path(__file__).resolve().parents[1] / "jobs" / "finetune.py"
     out = subprocess.run([sys.executable, str(job), "model.arch=vnet"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "model.arch" in out.stderr
+
+
+def test_rerun_with_same_name_resumes_from_last_checkpoint(runs):
+    # keep this test last in the module: it extends the shared run
+    from rayssl.finetune.driver import finetune
+
+    _, cfg, run_dir = runs
+    before = json.loads((run_dir / "result.json").read_text())
+    longer = cfg.model_copy(update={"epochs": 12})
+    assert Path(finetune(longer)) == run_dir
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [5, 10, 12]  # trained epochs 11-12 only
+    assert rows[-1]["resumes"] == 1 and rows[-1]["step"] == 12 * rows[0]["step"] // 5
+    assert rows[-1]["best_val_metric"] >= before["best_val_metric"]
+    after = json.loads((run_dir / "result.json").read_text())
+    assert after["epochs"] == 12 and after["best_val_metric"] == rows[-1]["best_val_metric"]

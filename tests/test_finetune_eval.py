@@ -83,3 +83,48 @@ def test_sliding_window_evaluation_of_a_whole_volume():
     assert out["mean_dice"] == pytest.approx(1.0) and out["hd95_fg"] == pytest.approx(0.0)
     assert np.array_equal(out["predictions"]["a"], label)
     assert center_crop(np.zeros((1, 10, 12)), (4, 4)).shape == (1, 4, 4)
+
+
+def _source(recipe, labels=None, class_names=None, channels=1, dims=3):
+    from rayssl.data.sources import Source
+
+    return Source(kind="msd", root="/x", cases=[], spatial_dims=dims, channels=channels, recipe=recipe,
+                  labels=labels or {}, class_names=class_names or [])
+
+
+def test_task_spec_per_source_and_clear_errors():
+    from rayssl.config import FinetuneConfig, load_config
+    from rayssl.finetune.task import task_spec
+
+    ct = load_config(FinetuneConfig, "finetune", "tiny")
+    spec = task_spec(ct, _source("ct_btcv", {0: "background", 1: "liver", 2: "left kidney"}))
+    assert spec == {"mode": "multiclass", "num_classes": 3, "class_names": ["liver", "left_kidney"],
+                    "channels": 1, "loss": "dicece"}
+    brats = load_config(FinetuneConfig, "finetune", "unetr_brats")
+    spec = task_spec(brats, _source("mri_brats", {0: "bg", 1: "edema", 2: "ne", 3: "et"}, channels=4))
+    assert spec["mode"] == "brats_regions" and spec["class_names"] == ["TC", "WT", "ET"] and spec["loss"] == "dice"
+    cxr = load_config(FinetuneConfig, "finetune", "vit_cxr14")
+    spec = task_spec(cxr, _source("cxr", class_names=[f"f{k}" for k in range(14)], dims=2))
+    assert spec["mode"] == "multilabel" and spec["num_classes"] == 14 and spec["loss"] == "bce"
+    with pytest.raises(ValueError, match="set task.num_classes"):
+        task_spec(load_config(FinetuneConfig, "finetune", "tiny", overrides=["data.recipe=none"]), _source("none"))
+    with pytest.raises(ValueError, match="task.loss=bce does not fit"):
+        task_spec(load_config(FinetuneConfig, "finetune", "tiny", overrides=["task.loss=bce"]), _source("ct_btcv", {0: "a", 1: "b"}))
+
+
+def test_brats_loss_scores_enhancing_tumour_as_label_3():
+    from rayssl.finetune.labels import BRATS_REGIONS
+    from rayssl.finetune.task import SegLoss
+
+    label = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    label[0, 1:7, 1:7, 1:7] = 1
+    label[0, 2:6, 2:6, 2:6] = 2
+    label[0, 3:5, 3:5, 3:5] = 3
+    loss = SegLoss("brats_regions", "dice")
+
+    def logits(regions):  # confident logits for the given region definitions
+        return torch.stack([torch.isin(label[0], torch.tensor(v)).float() * 40 - 20 for v in regions])[None]
+
+    right = loss(logits(BRATS_REGIONS.values()), label)
+    wrong = loss(logits([(2, 3), (1, 2, 3), (2,)]), label)  # the common bug: ET from label 2
+    assert float(right) < 1e-3 < float(wrong)
