@@ -1,0 +1,179 @@
+"""``run_sweep(cfg)``: Ray Tune + OptunaSearch (seeded TPE) + ASHA over pre-training and fine-tuning.
+
+The sweep directory ``<storage_path>/<name>`` is Tune's experiment directory. It also holds
+``sweep.json`` (the config), one folder per trial (``trial.json``: which encoder it used; ``finetune/``:
+the Ray Train run with ``result.json``), ``pretrain_store/``, ``baseline/`` (from scratch, same budget)
+and the leaderboard. Re-running with the same name restores the Tuner: finished trials are kept,
+unfinished ones resume (their fine-tuning and pre-training runs continue from their checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rayssl.config import FinetuneConfig, SweepConfig, dump_config
+from rayssl.tune.space import PARAMS, build_search_space, check_space, default_params, trial_configs
+from rayssl.tune.trial import store_root, tune_trial
+
+METRIC, MODE = "val_metric", "max"
+SWEEP_FILE = "sweep.json"
+BASELINE_DIR = "baseline"
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _workers(scale) -> int:
+    return scale.num_workers[1] if isinstance(scale.num_workers, tuple) else scale.num_workers
+
+
+def asha_max_t(ft: FinetuneConfig, grace_period: int) -> int:
+    """The last validation epoch before the final one: ASHA rungs stay at or below it.
+
+    ASHA must never stop a trial at its final report, or the test evaluation that follows the
+    Ray Train run would be cut off.
+
+    Raises:
+        ValueError: no validation happens between ``grace_period`` and the final epoch.
+    """
+    last = ((ft.epochs - 1) // ft.eval.val_every) * ft.eval.val_every
+    if last < grace_period:
+        raise ValueError(f"asha.grace_period={grace_period}: fine-tuning validates at epochs "
+                         f"{ft.eval.val_every}, {2 * ft.eval.val_every}, ... up to {ft.epochs}; ASHA needs a "
+                         f"validation at or after the grace period and before the final epoch (last is {last})")
+    return last
+
+
+def plan_sweep(cfg: SweepConfig) -> dict:
+    """Check everything before Ray starts: the trial configs build, the space fits the method.
+
+    Raises:
+        ConfigError / ValueError: naming the key.
+    """
+    pre, ft = trial_configs(cfg, {})
+    check_space(cfg.space, pre.model.method if pre is not None else None)
+    for name, rng in cfg.space.items():  # both ends of every range give valid configs
+        for value in (rng.low, rng.high):
+            trial_configs(cfg, {name: value})
+    train_cpus = max(_workers(c.scale) * c.scale.cpus_per_worker for c in (pre, ft) if c is not None)
+    return {"pretrain": pre, "finetune": ft, "train_cpus": train_cpus + cfg.trial_cpus,
+            "max_t": asha_max_t(ft, cfg.asha.grace_period), "defaults": default_params(cfg)}
+
+
+def concurrent_trials(cfg: SweepConfig, train_cpus: float, cluster_cpus: float) -> int:
+    """How many trials may run at once so that ``data_cpus`` stay free for Ray Data.
+
+    Raises:
+        ValueError: not even one trial fits, or ``max_concurrent_trials`` asks for more than fit.
+    """
+    free = cluster_cpus - cfg.data_cpus
+    fit = int(free // train_cpus) if train_cpus > 0 else cfg.num_samples
+    if fit < 1:
+        raise ValueError(f"a trial needs {train_cpus} CPUs for its training workers and data_cpus={cfg.data_cpus} "
+                         f"stay free for Ray Data, but the cluster has {cluster_cpus} CPUs; lower "
+                         "scale.cpus_per_worker in the finetune/pretrain overrides or data_cpus")
+    if cfg.max_concurrent_trials is not None and cfg.max_concurrent_trials > fit:
+        raise ValueError(f"max_concurrent_trials={cfg.max_concurrent_trials}: only {fit} trials of {train_cpus} "
+                         f"CPUs fit next to data_cpus={cfg.data_cpus} on {cluster_cpus} CPUs (Ray Data would starve)")
+    return cfg.max_concurrent_trials or max(1, min(fit, cfg.num_samples))
+
+
+def sweep_dir_of(cfg: SweepConfig) -> str:
+    name = cfg.name or f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return str(Path(cfg.storage_path).expanduser().resolve() / name)
+
+
+def _check_same(saved: dict, cfg: SweepConfig, sweep_dir: str) -> None:
+    now = dump_config(cfg)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"sweep {sweep_dir} exists with a different config (keys {', '.join(diff)}); "
+                         "resume with the same settings or choose another name")
+
+
+def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent: int = 1, max_t: int = 1):
+    """A new Tuner, or the restored one when ``sweep_dir`` holds a Tune experiment.
+
+    Args:
+        cfg: the sweep config.
+        sweep_dir: the experiment directory.
+        trainable: ``(params, sweep, sweep_dir) -> None`` (default :func:`tune_trial`).
+        max_concurrent: trials at once.
+        max_t: ASHA's largest rung (see :func:`asha_max_t`).
+    """
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    fn = tune.with_parameters(trainable or tune_trial, sweep=dump_config(cfg), sweep_dir=sweep_dir)
+    fn = tune.with_resources(fn, {"CPU": cfg.trial_cpus})
+    if tune.Tuner.can_restore(sweep_dir):
+        return tune.Tuner.restore(sweep_dir, fn, resume_unfinished=True, resume_errored=True)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials)
+    asha = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.asha.grace_period, max_t),
+                         reduction_factor=cfg.asha.reduction_factor, stop_last_trials=False)
+    path = Path(sweep_dir)
+    return tune.Tuner(
+        fn,
+        param_space=build_search_space(cfg.space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, search_alg=OptunaSearch(sampler=sampler), scheduler=asha,
+            num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent),
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1),
+    )
+
+
+def run_baseline(cfg: SweepConfig, sweep_dir: str) -> str | None:
+    """Fine-tune from scratch with the preset's values of the searched parameters and the same budget."""
+    from rayssl.finetune.driver import finetune
+
+    done = Path(sweep_dir) / BASELINE_DIR / "result.json"
+    if done.is_file():
+        return str(done.parent)
+    _, ft = trial_configs(cfg, {})
+    ft.pretrained = "none"
+    ft.run.name, ft.run.storage_path = BASELINE_DIR, sweep_dir
+    return finetune(ft)
+
+
+def run_sweep(cfg: SweepConfig, trainable=None) -> str:
+    """Run (or resume) a sweep, the from-scratch baseline and the leaderboard; return the sweep directory.
+
+    Args:
+        cfg: the sweep config.
+        trainable: replaces :func:`rayssl.tune.trial.tune_trial` (same signature), e.g. in tests.
+    """
+    import ray
+
+    from rayssl.tune.leaderboard import write_leaderboard
+    from rayssl.tune.store import store_lock
+
+    plan = plan_sweep(cfg)
+    sweep_dir = sweep_dir_of(cfg)
+    saved = Path(sweep_dir) / SWEEP_FILE
+    if saved.is_file():
+        _check_same(json.loads(saved.read_text())["config"], cfg, sweep_dir)
+    if not ray.is_initialized():
+        from rayssl.cli import init_ray
+
+        init_ray()
+    limit = concurrent_trials(cfg, plan["train_cpus"], ray.cluster_resources().get("CPU", 0))
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"task": cfg.task, "metric": METRIC, "mode": MODE, "searched": list(cfg.space),
+                                 "defaults": plan["defaults"], "config": dump_config(cfg),
+                                 "params": {n: PARAMS[n].job + "." + PARAMS[n].key for n in cfg.space}}, indent=1))
+    lock = store_lock(store_root(cfg, sweep_dir)) if plan["pretrain"] is not None else None  # lives with this driver
+    print(f"[rayssl] sweep {cfg.task}: {cfg.num_samples} trials, {limit} at a time, searching "
+          f"{', '.join(cfg.space)}; ASHA rungs up to epoch {plan['max_t']}; dir {sweep_dir}", flush=True)
+    tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan["max_t"])
+    tuner.fit()
+    del lock
+    if cfg.baseline:
+        run_baseline(cfg, sweep_dir)
+    write_leaderboard(sweep_dir)
+    return sweep_dir
