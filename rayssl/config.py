@@ -433,8 +433,8 @@ class SweepConfig(Strict):
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
     """``None``: as many as fit next to ``data_cpus`` on the cluster."""
-    trial_cpus: float = Field(0.0, ge=0)
-    """CPUs held by each trial's driver process (it only waits on its Ray Train workers)."""
+    trial_cpus: float = Field(0.01, gt=0)
+    """CPUs held by each trial's driver process (it only waits on its Ray Train workers; Tune needs > 0)."""
     data_cpus: float = Field(1.0, ge=0)
     """CPUs left free for Ray Data next to the training workers of all running trials."""
     seed: int = 0
