@@ -55,7 +55,7 @@ def load_trial(trial_dir: Path, searched: list[str]) -> dict | None:
     row["pretrain"] = "" if pre is None else ("reused" if pre.get("reused") else "trained")
     if final is not None:
         metric = final["metric"]
-        row.update(status="completed", test_metric=_finite(final["test"].get(metric)),
+        row.update(status="completed", metric_name=metric, test_metric=_finite(final["test"].get(metric)),
                    val_metric=_finite(final.get("best_val_metric")) or row["val_metric"],
                    epochs=final.get("epochs") or row["epochs"],
                    wall_time_s=info.get("wall_time_s") or final.get("wall_time_s"),
@@ -93,7 +93,9 @@ def load_sweep(sweep_dir: str | Path) -> dict:
                     "status": "baseline", "pretrain": "none", "wall_time_s": res.get("wall_time_s"),
                     "checkpoint": str(root / BASELINE_DIR / "best.safetensors")}
         meta["metric_name"] = metric
-    return {"task": meta["task"], "metric": meta.get("metric_name", meta["metric"]), "searched": searched,
+    names = [r["metric_name"] for r in rows if r.get("metric_name")]
+    metric = meta.get("metric_name") or (names[0] if names else meta["metric"])
+    return {"task": meta["task"], "metric": metric, "searched": searched,
             "rows": rows, "baseline": baseline, "sweep_dir": str(root)}
 
 
