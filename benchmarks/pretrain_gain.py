@@ -23,7 +23,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--epochs", type=int, default=20, help="fine-tuning epochs per arm")
-    p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--pretrain-epochs", type=int, default=20, help="MAE pre-training epochs")
+    p.add_argument("--genesis-epochs", type=int, default=None, help="Genesis pre-training epochs (default: as MAE)")
     p.add_argument("--cases", type=int, default=8, help="synthetic CT volumes (half of them train)")
     p.add_argument("--roi", type=int, default=48)
     p.add_argument("--out", default="runs/benchmarks/pretrain_gain")
@@ -41,11 +42,18 @@ def main() -> None:
     roi = f"data.roi=[{args.roi},{args.roi},{args.roi}]"
     common = [f"data.source=synthetic:ct:{args.cases}", roi, *SPLIT, f"run.storage_path={out}"]
     t0 = time.perf_counter()
-    mae = pretrain(load_config(PretrainConfig, "pretrain", "tiny", overrides=[
-        *common, "run.name=pre-mae", f"epochs={args.pretrain_epochs}"]))
-    genesis = pretrain(load_config(PretrainConfig, "pretrain", "tiny", overrides=[
-        *common, "run.name=pre-genesis", f"epochs={args.pretrain_epochs}", "model.method=genesis",
-        "data.sampling=genesis", "model.unet_base_channels=8", "model.unet_norm=instance", "batch_size=4"]))
+
+    def pretrained(name: str, overrides: list[str]) -> str:
+        run = out / name
+        if any((run / "export").glob("*.safetensors")):  # finished earlier with these settings: reuse
+            print(f"[pretrain_gain] reusing {run}", flush=True)
+            return str(run)
+        return pretrain(load_config(PretrainConfig, "pretrain", "tiny", overrides=[*common, f"run.name={name}", *overrides]))
+
+    mae = pretrained("pre-mae", [f"epochs={args.pretrain_epochs}"])
+    genesis = pretrained("pre-genesis", [
+        f"epochs={args.genesis_epochs or args.pretrain_epochs}", "model.method=genesis", "data.sampling=genesis",
+        "model.unet_base_channels=8", "model.unet_norm=instance", "batch_size=4"])
     pretrain_s = time.perf_counter() - t0
 
     arms = {
