@@ -1,0 +1,83 @@
+"""Resume: the sweep driver is killed while a trial runs; re-running restores the Tuner, keeps finished trials."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+FAKE_TRIAL = textwrap.dedent('''
+    def fake_trial(params, sweep, sweep_dir):
+        """Stands in for pre-training + fine-tuning: 4 cheap validations; the 2nd trial kills the driver once."""
+        import os, signal, time
+        from pathlib import Path
+        from ray import tune
+
+        tmp = Path(sweep_dir).parent
+        tid = tune.get_context().get_trial_id()
+        with open(tmp / "starts.txt", "a") as f:
+            f.write(tid + "\\n")
+        starts = (tmp / "starts.txt").read_text().split()
+        if len(set(starts)) == 2 and not (tmp / "killed").exists():
+            (tmp / "killed").write_text(tid)
+            time.sleep(3.0)  # the driver saves its experiment state meanwhile
+            os.kill(int((tmp / "driver.pid").read_text()), signal.SIGKILL)
+            time.sleep(60)
+        for epoch in range(1, 5):
+            tune.report({"val_metric": 0.1 * epoch + params["lr"], "epoch": epoch})
+''')
+
+DRIVER = textwrap.dedent('''
+    import os, sys
+    from pathlib import Path
+    import ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    Path(sys.argv[2], "driver.pid").write_text(str(os.getpid()))
+    from rayssl.config import SweepConfig
+    from rayssl.tune.sweep import run_sweep
+    exec(Path(sys.argv[2], "fake_trial.py").read_text())
+    run_sweep(SweepConfig.model_validate_json(Path(sys.argv[2], "sweep.cfg.json").read_text()), trainable=fake_trial)
+''')
+
+
+def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_path):
+    from rayssl.config import SweepConfig, load_config
+    from rayssl.tune.sweep import run_sweep
+
+    cfg = load_config(SweepConfig, "tune", "tiny", overrides=[
+        "num_samples=3", "baseline=false", "name=resume", f"storage_path={tmp_path}", "space={lr: {low: 0.001, high: 0.01}}"])
+    (tmp_path / "sweep.cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "fake_trial.py").write_text(FAKE_TRIAL)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled"}
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), address, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL: the driver died mid-sweep
+    first, second = (tmp_path / "starts.txt").read_text().split()
+    sweep_dir = tmp_path / "resume"
+    finished_before = (sweep_dir / first / "result.json").read_text()
+
+    scope: dict = {}
+    exec(FAKE_TRIAL, scope)
+    assert run_sweep(cfg, trainable=scope["fake_trial"]) == str(sweep_dir)
+
+    starts = (tmp_path / "starts.txt").read_text().split()
+    assert starts.count(first) == 1  # the finished trial was not run again
+    assert starts.count(second) == 2  # the interrupted one resumed
+    assert len(set(starts)) == 3
+    assert (sweep_dir / first / "result.json").read_text() == finished_before
+    import csv
+
+    with (sweep_dir / "leaderboard.csv").open() as f:
+        board = {r["trial_id"]: r for r in csv.DictReader(f)}
+    assert set(board) == set(starts)
+    for tid in set(starts):
+        reports = [json.loads(line) for line in (sweep_dir / tid / "result.json").read_text().splitlines()]
+        epochs = [r["epoch"] for r in reports]
+        assert epochs == list(range(1, len(epochs) + 1))  # ASHA may stop a trial after a rung
+        assert len(epochs) == 4 or board[tid]["status"] == "stopped"
+        lr = json.loads((sweep_dir / tid / "params.json").read_text())["lr"]
+        assert float(board[tid]["val_metric"]) == reports[-1]["val_metric"] == 0.1 * len(epochs) + lr
+    assert len(finished_before.splitlines()) == 4  # the first trial had finished all its epochs before the kill
