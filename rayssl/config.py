@@ -446,6 +446,8 @@ class SweepConfig(Strict):
     """Mask ratios are rounded to multiples of this before pre-training, so close values share one encoder."""
     store: str | None = None
     """Pre-trained encoder store (``None``: ``<sweep dir>/pretrain_store``); a shared path reuses across sweeps."""
+    reuse_pretraining: bool = True
+    """``False``: every trial pre-trains its own encoder (for comparison; same results, more compute)."""
     baseline: bool = True
     """Also fine-tune from scratch with the same budget (reference row of the leaderboard)."""
     max_failures: int = Field(1, ge=0)

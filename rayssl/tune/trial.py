@@ -44,7 +44,8 @@ def tune_trial(params: dict, sweep: dict, sweep_dir: str) -> None:
     pre_cfg, ft_cfg = trial_configs(cfg, params)
     info = {"trial_id": trial_id, "params": params, "pretrain": None}
     if pre_cfg is not None:
-        store = PretrainStore(store_root(cfg, sweep_dir), bucket=cfg.mask_bucket)
+        root = store_root(cfg, sweep_dir) if cfg.reuse_pretraining else str(trial_dir / "pretrain_store")
+        store = PretrainStore(root, bucket=cfg.mask_bucket)
         got = store.get_or_pretrain(pre_cfg)
         ft_cfg.pretrained = got["weights"]
         info["pretrain"] = {k: got[k] for k in ("key", "reused", "weights", "wall_time_s", "waited_s")}
