@@ -81,7 +81,7 @@ def test_leaderboard_rows_ranked_with_baseline_and_best_marked(sweep_a):
     md = (sweep_a / "leaderboard.md").read_text()
     assert "**Best configuration** (trial t1): mask_ratio=0.6, layer_decay=0.7, lr=0.001" in md
     assert "**test mean_dice = 0.49**" in md and "**0.49 ← best config's test**" in md
-    assert "| ref (scratch) |" in md and "1 stopped early by ASHA" in md and "gain on test 0.11" in md
+    assert "| ref (scratch) |" in md and "1 stopped early by ASHA" in md and "gain on test +0.11" in md
     assert (sweep_a / "leaderboard.png").stat().st_size > 5000
 
 

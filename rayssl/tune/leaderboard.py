@@ -158,7 +158,7 @@ def write_board(out_dir: str | Path, task: str, metric: str, searched: list[str]
                      f"validation {metric} = {_fmt(best['val_metric'])}, {test}.")
         if baseline:
             lines.append(f"From scratch, same budget: validation {_fmt(baseline['val_metric'])}, "
-                         f"test {_fmt(baseline['test_metric'])}; gain on test {_fmt(gain)}.")
+                         f"test {_fmt(baseline['test_metric'])}; gain on test {'—' if gain is None else f'{gain:+.4g}'}.")
         lines.append("")
     head = [*FIXED, *searched, f"val {metric}", f"test {metric}", "epochs", "status", "pre-training", "wall s", "checkpoint"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
