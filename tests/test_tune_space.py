@@ -107,3 +107,20 @@ def test_concurrent_trials_leave_cpus_for_ray_data():
         concurrent_trials(SweepConfig(max_concurrent_trials=2), 1.0, 2)
     with pytest.raises(ValueError, match="a trial needs 4.0 CPUs"):
         concurrent_trials(cfg, 4.0, 4)
+
+
+def test_job_rejects_unknown_task_and_bad_ranges_before_ray():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    job = str(Path(__file__).resolve().parents[1] / "jobs" / "tune.py")
+    run = lambda *a: subprocess.run([sys.executable, job, *a], capture_output=True, text=True, timeout=120)  # noqa: E731
+    out = run("--task", "nope")
+    assert out.returncode == 2 and "no tune preset for task 'nope'; available: " in out.stderr and "tiny" in out.stderr
+    out = run("--task", "tiny", "space.lr.low=0")
+    assert out.returncode == 2 and "space.lr: a log scale needs low > 0" in out.stderr
+    out = run("--task", "tiny", "asha.grace_period=9")
+    assert out.returncode == 2 and "asha.grace_period=9" in out.stderr
+    out = run("--task", "tiny", "finetune.model.drop_pth=0.1")
+    assert out.returncode == 2 and "model.drop_pth: unknown key" in out.stderr
