@@ -51,6 +51,7 @@ def test_leaderboard_rows_match_trial_results(sweep):
         for key in ("mask_ratio", "layer_decay", "lr"):
             assert float(row[key]) == pytest.approx(params[key])
         assert "drop_path" not in row  # only searched parameters get a column
+        assert "-m0.75-" in row["encoder"]
         final = trial / "finetune" / "result.json"
         if row["status"] == "completed":
             res = json.loads(final.read_text())

@@ -17,7 +17,7 @@ from rayssl.tune.sweep import BASELINE_DIR, SWEEP_FILE
 from rayssl.tune.trial import FINETUNE_DIR, TRIAL_FILE
 
 FIXED = ("rank", "trial_id")
-TAIL = ("val_metric", "test_metric", "epochs", "status", "pretrain", "wall_time_s", "checkpoint")
+TAIL = ("val_metric", "test_metric", "epochs", "status", "pretrain", "encoder", "wall_time_s", "checkpoint")
 
 
 def _json_lines(path: Path) -> list[dict]:
@@ -53,6 +53,7 @@ def load_trial(trial_dir: Path, searched: list[str]) -> dict | None:
     row["epochs"] = max((r.get("epoch", 0) for r in reports), default=0)
     pre = info.get("pretrain")
     row["pretrain"] = "" if pre is None else ("reused" if pre.get("reused") else "trained")
+    row["encoder"] = "" if pre is None else pre.get("key", "")  # names the bucketed mask ratio actually used
     if final is not None:
         metric = final["metric"]
         row.update(status="completed", metric_name=metric, test_metric=_finite(final["test"].get(metric)),
@@ -160,7 +161,7 @@ def write_board(out_dir: str | Path, task: str, metric: str, searched: list[str]
             lines.append(f"From scratch, same budget: validation {_fmt(baseline['val_metric'])}, "
                          f"test {_fmt(baseline['test_metric'])}; gain on test {'—' if gain is None else f'{gain:+.4g}'}.")
         lines.append("")
-    head = [*FIXED, *searched, f"val {metric}", f"test {metric}", "epochs", "status", "pre-training", "wall s", "checkpoint"]
+    head = [*FIXED, *searched, f"val {metric}", f"test {metric}", "epochs", "status", "pre-training", "encoder", "wall s", "checkpoint"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in ranked + ([{**baseline, "rank": "ref (scratch)"}] if baseline else []):
         cells = [_fmt(r.get(k)) for k in (*FIXED, *searched, *TAIL)]
