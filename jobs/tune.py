@@ -15,16 +15,17 @@ from rayssl.config import ConfigError, SweepConfig, preset_names
 
 if __name__ == "__main__":
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", default="tiny")
+    pre.add_argument("--task", default=None)
     pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args()
-    if known.preset is None and known.task not in preset_names("tune"):
+    if known.preset is None and (known.task or "tiny") not in preset_names("tune"):
         print(f"error: no tune preset for task {known.task!r}; available: {', '.join(preset_names('tune'))} "
               "(or pass --preset NAME)", file=sys.stderr)
         raise SystemExit(2)
-    cfg, args = parse_job_args("tune", SweepConfig, __doc__.splitlines()[0], default_preset=known.task,
-                               extra=lambda p: p.add_argument("--task", default="tiny", help="downstream task name"))
-    cfg.task = args.task
+    cfg, args = parse_job_args("tune", SweepConfig, __doc__.splitlines()[0], default_preset=known.task or "tiny",
+                               extra=lambda p: p.add_argument("--task", default=None, help="downstream task name"))
+    if args.task:
+        cfg.task = args.task
     from rayssl.tune.sweep import plan_sweep, run_sweep
 
     try:

@@ -416,7 +416,9 @@ class SweepConfig(Strict):
     """``jobs/tune.py``: Ray Tune + Optuna search over pre-training and fine-tuning hyper-parameters.
 
     Each trial fine-tunes ``finetune_preset`` (+ ``finetune`` overrides) from an encoder pre-trained
-    with ``pretrain_preset`` (+ ``pretrain`` overrides); both override mappings take dotted keys.
+    with ``pretrain_preset`` (+ ``pretrain`` overrides); both override mappings take dotted keys. Unless
+    ``pretrain.data.source`` is given, pre-training uses the fine-tuning data source and its folds, so
+    the encoder never sees validation or test cases (self pre-training).
     """
 
     preset: str | None = None

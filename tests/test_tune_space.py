@@ -82,6 +82,13 @@ def test_trial_configs_apply_searched_values_and_share_the_finetuning_split():
     assert ft.data.roi == (32, 32, 32) and pre.data.roi == (32, 32, 32)
     # the encoder is pre-trained on the fine-tuning training split only
     assert (pre.data.folds, pre.data.val_fold, pre.data.test_fold) == (5, 0, 2)
+    assert pre.data.source == ft.data.source == "synthetic:ct:8"
+    other = load_config(SweepConfig, "tune", "tiny", overrides=["finetune.data.source=synthetic:ct:12",
+                                                                 "finetune.data.test_fold=2"])
+    assert trial_configs(other, {})[0].data.source == "synthetic:ct:12"
+    own = load_config(SweepConfig, "tune", "tiny", overrides=["pretrain.data.source=synthetic:ct:20"])
+    pre_own = trial_configs(own, {})[0]
+    assert pre_own.data.source == "synthetic:ct:20" and pre_own.data.test_fold is None  # its own data, its own split
     assert default_params(cfg) == {"mask_ratio": 0.75, "layer_decay": 0.75, "drop_path": 0.1, "lr": 2e-3}
     with pytest.raises(ConfigError, match="fine-tuning config of the sweep.*\n  epochs"):
         trial_configs(load_config(SweepConfig, "tune", "tiny", overrides=["finetune.epochs=0"]), {})

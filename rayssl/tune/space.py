@@ -149,12 +149,13 @@ def trial_configs(sweep, params: dict) -> tuple[PretrainConfig | None, FinetuneC
                     "fine-tuning config of the sweep (finetune_preset + finetune + searched values)")
     pre = None
     if sweep.pretrain_preset is not None:
-        overrides = dict(sweep.pretrain)
-        source = nest(overrides).get("data", {}).get("source")
+        overrides = nest(dict(sweep.pretrain))
+        source = overrides.get("data", {}).get("source")
         if source is None or source == ft.data.source:
-            # self pre-training sees only the fine-tuning training split: the same folds hold out val/test
-            split = {"data": {"folds": ft.data.folds, "val_fold": ft.data.val_fold, "test_fold": ft.data.test_fold}}
-            overrides = _merge(split, nest(overrides))
+            # self pre-training: the fine-tuning data, and only its training split (same folds hold out val/test)
+            split = {"data": {"source": ft.data.source, "folds": ft.data.folds, "val_fold": ft.data.val_fold,
+                              "test_fold": ft.data.test_fold}}
+            overrides = _merge(split, overrides)
         pre = job_config(PretrainConfig, "pretrain", sweep.pretrain_preset, overrides, params,
                          "pre-training config of the sweep (pretrain_preset + pretrain + searched values)")
     return pre, ft

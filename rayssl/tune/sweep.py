@@ -151,7 +151,7 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     import ray
 
     from rayssl.tune.leaderboard import write_leaderboard
-    from rayssl.tune.store import store_lock
+    from rayssl.tune.store import PretrainStore, store_lock
 
     plan = plan_sweep(cfg)
     sweep_dir = sweep_dir_of(cfg)
@@ -167,7 +167,8 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     saved.write_text(json.dumps({"task": cfg.task, "metric": METRIC, "mode": MODE, "searched": list(cfg.space),
                                  "defaults": plan["defaults"], "config": dump_config(cfg),
                                  "params": {n: PARAMS[n].job + "." + PARAMS[n].key for n in cfg.space}}, indent=1))
-    lock = store_lock(store_root(cfg, sweep_dir)) if plan["pretrain"] is not None else None  # lives with this driver
+    # the lock actor lives as long as this driver; trials find it by the store's resolved path
+    lock = store_lock(str(PretrainStore(store_root(cfg, sweep_dir)).root)) if plan["pretrain"] is not None else None
     print(f"[rayssl] sweep {cfg.task}: {cfg.num_samples} trials, {limit} at a time, searching "
           f"{', '.join(cfg.space)}; ASHA rungs up to epoch {plan['max_t']}; dir {sweep_dir}", flush=True)
     tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan["max_t"])
