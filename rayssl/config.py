@@ -430,8 +430,9 @@ class SweepConfig(Strict):
     pretrain_preset: str | None = "tiny"
     """``None``: no pre-training (searches fine-tuning parameters of from-scratch runs only)."""
     pretrain: dict[str, Any] = {}
-    space: dict[str, ParamRange] = Field(default_factory=_default_space)
-    """Searched parameters (names in ``rayssl.tune.space.PARAMS``); a given mapping replaces the defaults."""
+    space: dict[str, ParamRange | None] = Field(default_factory=_default_space)
+    """Searched parameters (names in ``rayssl.tune.space.PARAMS``); a given mapping replaces the defaults,
+    overrides merge into a preset's space, and ``space.NAME=null`` removes a parameter."""
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1)
     """``None``: as many as fit next to ``data_cpus`` on the cluster."""
@@ -462,5 +463,7 @@ class SweepConfig(Strict):
     def _check_sweep(self) -> "SweepConfig":
         from rayssl.tune.space import check_space
 
+        if any(v is None for v in self.space.values()):
+            self.space = {k: v for k, v in self.space.items() if v is not None}
         check_space(self.space)
         return self

@@ -59,6 +59,13 @@ def test_bad_ranges_are_errors_naming_the_key(space, message):
         load_config(SweepConfig, "tune", "tiny", overrides=[f"space={space}"])
 
 
+def test_overrides_merge_into_the_preset_space_and_null_removes():
+    cfg = load_config(SweepConfig, "tune", "tiny", overrides=["space.drop_path=null", "space.lr.high=0.05",
+                                                              "space.warmup_epochs={low: 0, high: 2}"])
+    assert list(cfg.space) == ["mask_ratio", "layer_decay", "lr", "warmup_epochs"]
+    assert (cfg.space["lr"].low, cfg.space["lr"].high, cfg.space["lr"].log) == (3e-4, 0.05, True)
+
+
 def test_empty_space_is_an_error():
     with pytest.raises(ValueError, match="space: at least one parameter is needed"):
         SweepConfig(space={})

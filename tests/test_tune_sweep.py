@@ -19,7 +19,8 @@ def sweep(ray_session, tmp_path_factory):
         "num_samples=2", "name=real", f"storage_path={tmp}", "baseline=false", "pretrain.epochs=1", "finetune.epochs=2",
         f"pretrain.data.synthetic_dir={syn}", f"finetune.data.synthetic_dir={syn}",
         # both trials fall in the 0.75 mask-ratio bucket: one pre-training for the two
-        "space={mask_ratio: {low: 0.74, high: 0.76}, layer_decay: {low: 0.6, high: 0.9}, lr: {low: 1.0e-3, high: 5.0e-3, log: true}}"])
+        "space.mask_ratio={low: 0.74, high: 0.76, step: null}", "space.layer_decay={low: 0.6, high: 0.9}",
+        "space.lr={low: 1.0e-3, high: 5.0e-3, log: true}", "space.drop_path=null"])
     return Path(run_sweep(cfg))
 
 
