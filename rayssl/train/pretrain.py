@@ -28,11 +28,54 @@ def _max_workers(cfg: PretrainConfig) -> int:
     return w[1] if isinstance(w, tuple) else w
 
 
+def _autoscaling_config_file() -> str | None:
+    """The ``--autoscaling-config`` of this cluster's autoscaler when it runs on this machine (the head node,
+    where ``ray job submit`` runs drivers; the launcher puts it at ``~/ray_bootstrap_config.yaml``)."""
+    import psutil
+
+    port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if any(a.endswith("monitor.py") for a in args) and any(a.startswith("--gcs-address=") and a.endswith(f":{port}") for a in args):
+            return next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
+    return None
+
+
+def autoscaler_max_gpus() -> float:
+    """GPUs the cluster's autoscaler can bring up (0 when it has no GPU node types or none is known).
+
+    Read from the cluster config Ray reports (KubeRay, autoscaler v2), else from the autoscaler's config file
+    on the head node (cluster launcher, ``RAY_FAKE_CLUSTER``).
+    """
+    from ray._private.state import state  # the same source Ray Train checks cluster capacity with
+
+    reported = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
+    if reported:
+        return float(reported)
+    path = _autoscaling_config_file()
+    if not path:
+        return 0.0
+    import yaml
+
+    config = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    types = config.get("available_node_types", {})
+    return float(sum(t.get("resources", {}).get("GPU", 0) * t.get("max_workers", config.get("max_workers", 0)) for t in types.values()))
+
+
 def use_gpu(cfg: PretrainConfig) -> bool:
-    """The config's choice, else whether the connected cluster has GPUs now."""
+    """The config's choice; unset: GPUs when the cluster has some now or its autoscaler can add GPU nodes.
+
+    A cluster whose GPU node types sit at zero nodes thus trains on GPUs (waiting for the autoscaler)
+    rather than silently on CPU; the decision is printed.
+    """
     if cfg.scale.use_gpu is not None:
         return cfg.scale.use_gpu
-    return ray.cluster_resources().get("GPU", 0) > 0
+    up = ray.cluster_resources().get("GPU", 0)
+    addable = 0.0 if up else autoscaler_max_gpus()
+    gpu = up > 0 or addable > 0
+    how = "GPU" if up else ("GPU, waiting for the autoscaler to add GPU nodes" if gpu else "CPU")
+    print(f"[rayssl] scale.use_gpu not set: {up:g} GPUs up, {addable:g} more the autoscaler can add -> {how}", flush=True)
+    return gpu
 
 
 def scaling_config(cfg: PretrainConfig) -> ray.train.ScalingConfig:
