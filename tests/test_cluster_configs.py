@@ -287,3 +287,31 @@ def test_runtime_env_is_valid_and_uploads_no_venv_runs_or_git(tmp_path):
     assert {"jobs/pretrain.py", "rayssl/cli.py", "cluster/aws.yaml"} <= names
     leaked = [n for n in names if n.startswith((".git", ".venv", "runs/")) or "__pycache__" in n or ".egg-info" in n]
     assert leaked == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# scale.use_gpu unset on a cluster whose GPU node types sit at zero nodes
+
+
+def test_unset_use_gpu_requests_gpus_the_launcher_config_can_add(monkeypatch, tmp_path):
+    import ray
+    from ray._private import state
+
+    import rayssl.train.pretrain as pretrain
+
+    monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0})  # the head only: no GPU node up
+    monkeypatch.setattr(pretrain, "_autoscaling_config_file", lambda: str(CLUSTER / "aws.yaml"))
+    assert pretrain.autoscaler_max_gpus() == 2 * 8 + 8 * 1  # gpu_8x x 2 + gpu_1x x 8
+    cfg = load_config(PretrainConfig, "pretrain", preset="tiny")
+    assert cfg.scale.use_gpu is None and pretrain.use_gpu(cfg) is True
+    assert pretrain.use_gpu(cfg.model_copy(update={"scale": cfg.scale.model_copy(update={"use_gpu": False})})) is False
+
+    cpu_only = load("aws.yaml")
+    cpu_only["available_node_types"] = {n: t for n, t in cpu_only["available_node_types"].items() if "GPU" not in t["resources"]}
+    (tmp_path / "cpu.yaml").write_text(yaml.safe_dump(cpu_only))
+    monkeypatch.setattr(pretrain, "_autoscaling_config_file", lambda: str(tmp_path / "cpu.yaml"))
+    assert pretrain.autoscaler_max_gpus() == 0 and pretrain.use_gpu(cfg) is False
+    # Ray's reported cluster config (KubeRay, autoscaler v2) wins when it knows GPUs
+    monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: {"CPU": 100, "GPU": 4})
+    assert pretrain.autoscaler_max_gpus() == 4 and pretrain.use_gpu(cfg) is True
