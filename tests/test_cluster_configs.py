@@ -315,3 +315,15 @@ def test_unset_use_gpu_requests_gpus_the_launcher_config_can_add(monkeypatch, tm
     # Ray's reported cluster config (KubeRay, autoscaler v2) wins when it knows GPUs
     monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: {"CPU": 100, "GPU": 4})
     assert pretrain.autoscaler_max_gpus() == 4 and pretrain.use_gpu(cfg) is True
+
+
+def test_elastic_num_workers_reach_ray_train_as_min_max(monkeypatch):
+    import ray
+
+    from rayssl.train.pretrain import scaling_config
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    cfg = load_config(PretrainConfig, "pretrain", preset="tiny", overrides=["scale.num_workers=[1,4]"])
+    sc = scaling_config(cfg)
+    assert sc.elasticity_enabled and (sc.min_workers, sc.max_workers) == (1, 4)
+    assert sc.use_gpu and sc.resources_per_worker == {"CPU": 1.0, "GPU": 1.0}
