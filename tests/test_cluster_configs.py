@@ -191,7 +191,6 @@ def test_rayjobs_shut_down_and_carry_a_runtime_env(name, job):
     RuntimeEnv(**runtime_env)  # Ray's own validation of the fields
     argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "python" and argv[1] == f"/home/ray/rayssl/jobs/{job}.py"  # the image's checkout
-    assert any(a.startswith("run.storage_path=s3://") or a.startswith("run.storage_path=gs://") for a in argv)
 
 
 def test_pretrain_rayjob_entrypoint_is_a_valid_gpu_config():
@@ -201,6 +200,20 @@ def test_pretrain_rayjob_entrypoint_is_a_valid_gpu_config():
     overrides = [a for a in argv if "=" in a]
     cfg = load_config(PretrainConfig, "pretrain", preset=preset, overrides=overrides)
     assert cfg.scale.use_gpu is True and cfg.run.storage_path.startswith("s3://")
+
+
+def test_sweep_rayjob_entrypoint_is_a_valid_sweep_on_the_shared_volume():
+    from rayssl.config import SweepConfig
+
+    doc, spec = kuberay_spec("rayjob-sweep.yaml")
+    argv = shlex.split(doc["spec"]["entrypoint"])[2:]
+    task = argv[argv.index("--task") + 1]
+    cfg = load_config(SweepConfig, "tune", preset=task, overrides=[a for a in argv if "=" in a])
+    assert cfg.num_samples == 32 and cfg.finetune["data"]["source"].startswith("msd:s3://")
+    # the sweep directory is on the volume every pod mounts
+    for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        mounts = {m["mountPath"] for c in _containers(g) for m in c.get("volumeMounts", [])}
+        assert any(cfg.storage_path.startswith(m) for m in mounts), g.get("groupName", "head")
 
 
 # ---------------------------------------------------------------------------------------------------
