@@ -73,8 +73,9 @@ def use_gpu(cfg: PretrainConfig) -> bool:
     up = ray.cluster_resources().get("GPU", 0)
     addable = 0.0 if up else autoscaler_max_gpus()
     gpu = up > 0 or addable > 0
+    seen = f"{up:g} GPUs up" if up else f"no GPU up, {addable:g} the autoscaler can add"
     how = "GPU" if up else ("GPU, waiting for the autoscaler to add GPU nodes" if gpu else "CPU")
-    print(f"[rayssl] scale.use_gpu not set: {up:g} GPUs up, {addable:g} more the autoscaler can add -> {how}", flush=True)
+    print(f"[rayssl] scale.use_gpu not set: {seen} -> {how}", flush=True)
     return gpu
 
 
