@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 FAKE_TRIAL = textwrap.dedent('''
     def fake_trial(params, sweep, sweep_dir):
