@@ -62,7 +62,7 @@ def load_trial(trial_dir: Path, searched: list[str]) -> dict | None:
                    wall_time_s=info.get("wall_time_s") or final.get("wall_time_s"),
                    checkpoint=str(trial_dir / FINETUNE_DIR / "best.safetensors"))
     else:
-        status = "error" if (trial_dir / "error.txt").is_file() else ("stopped" if reports else "not started")
+        status = "error" if (trial_dir / "error.txt").is_file() else ("stopped" if reports else "unfinished")
         row.update(status=status, test_metric=None,
                    wall_time_s=reports[-1].get("time_total_s") if reports else None,
                    checkpoint=next((r["checkpoint_path"] for r in reversed(reports) if r.get("checkpoint_path")), ""))
