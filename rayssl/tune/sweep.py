@@ -26,6 +26,46 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
+def _release_callback(trial_cpus: float):
+    """A Tune callback that frees the Ray Train worker placement groups of stopped trials.
+
+    When ASHA stops a trial, Tune kills the trial's process and with it the Ray Train controller. Ray
+    Train V2 then relies on a detached clean-up actor that asks the state API (dashboard) whether the
+    controller died; without a dashboard, or with several Ray instances on one host, it cannot, and the
+    workers' placement group keeps its CPUs: Ray Data of the next trial then waits for CPUs forever. So
+    when a trial ends and no other trial runs, this job's remaining placement groups, except Tune's
+    own one-bundle trial groups, are removed. With several trials at once it only acts when all end.
+    """
+    import ray
+    from ray import tune
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    class ReleaseStoppedTrials(tune.Callback):
+        def __init__(self):
+            self.running: set[str] = set()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running.add(trial.trial_id)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._release(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._release(trial)
+
+        def _release(self, trial) -> None:
+            self.running.discard(trial.trial_id)
+            if self.running:
+                return
+            job = ray.get_runtime_context().get_job_id()
+            for pg_id, pg in ray.util.placement_group_table().items():
+                tune_group = list(pg["bundles"].values()) == [{"CPU": trial_cpus}]
+                if pg["state"] == "CREATED" and pg_id.endswith(job) and not tune_group:  # ids end with the job id
+                    remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+
+    return ReleaseStoppedTrials()
+
+
 def _workers(scale) -> int:
     return scale.num_workers[1] if isinstance(scale.num_workers, tuple) else scale.num_workers
 
@@ -123,8 +163,9 @@ def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, search_alg=OptunaSearch(sampler=sampler), scheduler=asha,
             num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent),
-                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures), verbose=1),
+        run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                  callbacks=[_release_callback(cfg.trial_cpus)]),
     )
 
 
