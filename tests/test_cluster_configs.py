@@ -55,8 +55,8 @@ def launcher_problems(cfg: dict) -> list[str]:
     token_everywhere = all("RAY_AUTH_MODE=token" in c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c)
     if not token_everywhere or "--env RAY_AUTH_MODE=token" not in cfg.get("docker", {}).get("run_options", []):
         problems.append("token authentication off")
-    if "disabled" in yaml.safe_dump(cfg):
-        problems.append("something is disabled (auth?)")
+    if "RAY_AUTH_MODE=disabled" in yaml.safe_dump(cfg, width=10**6):
+        problems.append("token authentication off")
     return problems
 
 
