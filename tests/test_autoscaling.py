@@ -7,7 +7,7 @@ nodes; one node is killed mid-training; the run resumes from its last checkpoint
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,7 +103,7 @@ def scenario(tmp_path_factory):
     head.start()
     record: dict = {"tmp": tmp}
     try:
-        env = {**head.env, "RAY_ADDRESS": head.gcs_address}
+        env = {**head.env, "RAY_ADDRESS": head.gcs_address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         probe = subprocess.run(
             [sys.executable, "-c",
              "import json; from rayssl.cli import init_ray; init_ray(); "
@@ -174,7 +174,8 @@ def test_autoscaler_adds_nodes_and_the_run_finishes(scenario):
     assert scenario["max_nodes"] >= 2  # one node per training worker
     rows = metrics(scenario["run_dir"])
     assert {r["world_size"] for r in rows} == {2}
-    assert str(scenario["run_dir"]) in scenario["log"].splitlines()  # the job's result line
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line).strip() for line in scenario["log"].splitlines()]
+    assert str(scenario["run_dir"]) in lines  # the job's result line
 
 
 def test_killed_node_recovers_from_last_checkpoint(scenario):
