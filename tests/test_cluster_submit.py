@@ -75,6 +75,8 @@ class LocalHead:
             str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
             f"--port={self.port}", f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats", "--object-store-memory=200000000",
+            # ports with fixed defaults (job agent 52365, client server 10001) taken by any other Ray here
+            f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
         ]
         if self.dashboard:
             cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
@@ -105,9 +107,11 @@ class LocalHead:
 
     def stop(self) -> None:
         """Terminate this cluster's processes by id (SIGTERM, then SIGKILL), then remove its temp dir."""
-        for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):
+        quiet = 0
+        for sig in (signal.SIGTERM, *[signal.SIGKILL] * 7):
             procs = self.processes()
-            if not procs:
+            quiet = 0 if procs else quiet + 1
+            if quiet == 2:  # nothing left, and nothing respawned meanwhile
                 break
             for p in procs:
                 try:
@@ -115,6 +119,7 @@ class LocalHead:
                 except psutil.Error:
                     pass
             psutil.wait_procs(procs, timeout=10)
+            time.sleep(0.5)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def ray(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -129,11 +134,16 @@ def submit(head: LocalHead, *entrypoint: str, timeout: float = 420) -> tuple[str
     from ray.job_submission import JobSubmissionClient
 
     job_id = f"rayssl-{uuid.uuid4().hex[:8]}"
-    out = head.ray(
-        "job", "submit", "--address", head.dashboard_url, "--submission-id", job_id,
-        "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", ".", "--no-wait", "--", *entrypoint,
-        timeout=120,
-    )
+    ready_by = time.time() + 120
+    while True:  # right after `ray start` the head's job agent may not be up yet
+        out = head.ray(
+            "job", "submit", "--address", head.dashboard_url, "--submission-id", job_id,
+            "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", ".", "--no-wait", "--", *entrypoint,
+            timeout=120,
+        )
+        if out.returncode == 0 or "No available agent" not in out.stderr or time.time() > ready_by:
+            break
+        time.sleep(3)
     assert out.returncode == 0, out.stderr[-3000:]
     client = JobSubmissionClient(head.dashboard_url)
     deadline = time.time() + timeout
@@ -184,7 +194,9 @@ def test_submitted_pretraining_joins_the_cluster_and_exports_weights(head, tmp_p
 def test_submitted_tiny_sweep_finishes(head):
     if not (ROOT / "jobs" / "tune.py").exists():
         pytest.skip("jobs/tune.py is not in this checkout yet: no sweep to submit")
-    status, logs = submit(head, "python", "jobs/tune.py", "--task", "tiny", "num_samples=2", timeout=600)
+    # the tiny sweep, trimmed: no from-scratch baseline, 1 pre-training and 2 fine-tuning epochs per trial
+    status, logs = submit(head, "python", "jobs/tune.py", "--task", "tiny", "num_samples=2", "baseline=false",
+                          "pretrain.epochs=1", "finetune.epochs=2", timeout=600)
     assert status == "SUCCEEDED", logs[-4000:]
     assert "Started a local Ray instance" not in logs
     sweep_dir = Path(logs.strip().splitlines()[-1])
