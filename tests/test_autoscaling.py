@@ -128,7 +128,14 @@ def scenario(tmp_path_factory):
         driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         record["max_nodes"] = 0
         deadline = time.time() + 420
-        while not checkpoint_steps(run_dir) and driver.poll() is None and time.time() < deadline:
+        def past_checkpoint() -> bool:  # a step after the first checkpoint: the kill then loses work
+            done = checkpoint_steps(run_dir)
+            try:
+                return bool(done) and metrics(run_dir)[-1]["step"] > done[0]
+            except (OSError, ValueError, IndexError):  # not written yet / a line being written
+                return False
+
+        while not past_checkpoint() and driver.poll() is None and time.time() < deadline:
             record["max_nodes"] = max(record["max_nodes"], len(worker_nodes(head)))
             time.sleep(0.5)
         nodes = worker_nodes(head)
