@@ -75,7 +75,7 @@ def _splits(split: str | list[str]) -> list[str]:
     return splits
 
 
-def _recipe(data: DataConfig, source: Source) -> str:
+def resolve_recipe(data: DataConfig, source: Source) -> str:
     name = data.recipe or source.recipe
     recipe = RECIPES[name]
     if len(data.roi) != source.spatial_dims:
@@ -88,7 +88,7 @@ def _recipe(data: DataConfig, source: Source) -> str:
     return name
 
 
-def _size_2d(data: DataConfig) -> int:
+def image_size_2d(data: DataConfig) -> int:
     # 2D images are resized to a square of at least 224 (the papers' size); a smaller roi crops it
     return max(224, *data.roi) if len(data.roi) == 2 else 224
 
@@ -159,7 +159,7 @@ def _load(row: dict, recipe: str, spacing, size_2d: int, keep_label: bool, quara
 
 
 def _patches_of_case(row: dict, data: DataConfig, epoch: int, keep_label: bool, recipe: str, quarantine) -> list[dict]:
-    volume = _load(row, recipe, data.spacing, _size_2d(data), keep_label, quarantine, data.strict)
+    volume = _load(row, recipe, data.spacing, image_size_2d(data), keep_label, quarantine, data.strict)
     if volume is None:
         return []
     return sample_patches(volume, data, case_rng(data.seed, volume["case_id"], epoch))
@@ -199,19 +199,19 @@ def case_dataset(
         "target": [K] (CXR), "case_id", "split", "spacing": [3], "affine": [4, 4]}``.
     """
     source = source or resolve_source(data)
-    recipe = _recipe(data, source)
+    recipe = resolve_recipe(data, source)
     cases = _select(source, split, data)
     _record_missing(source, data, quarantine)
     keep_label = all(c.label is not None for c in cases)
     return _listing(cases).flat_map(
         _volume_row,
-        fn_kwargs=dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=_size_2d(data),
+        fn_kwargs=dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=image_size_2d(data),
                        quarantine=quarantine, strict=data.strict),
     )
 
 
 def _patch_stream(data: DataConfig, source: Source, cases: list[Case], epoch: int, quarantine) -> ray.data.Dataset:
-    recipe = _recipe(data, source)
+    recipe = resolve_recipe(data, source)
     keep_label = all(c.label is not None for c in cases)
     return _listing(cases).flat_map(
         _patches_of_case,
@@ -308,7 +308,7 @@ def prepare(cfg: PrepareConfig) -> str:
     if not is_uri(out):
         out = os.path.abspath(out)
     source = resolve_source(data)
-    recipe = _recipe(data, source)
+    recipe = resolve_recipe(data, source)
     log = QuarantineLog.remote()
     lax = data.model_copy(update={"strict": False})  # collect every bad input first, raise after
     _record_missing(source, lax, log)

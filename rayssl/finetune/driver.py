@@ -38,9 +38,9 @@ def _max_workers(cfg: FinetuneConfig) -> int:
 
 
 def _patches_per_case(cfg: FinetuneConfig) -> int:
-    from rayssl.data.pipeline import _size_2d
+    from rayssl.data.pipeline import image_size_2d
 
-    whole_image = len(cfg.data.roi) == 2 and tuple(cfg.data.roi) == (_size_2d(cfg.data),) * 2
+    whole_image = len(cfg.data.roi) == 2 and tuple(cfg.data.roi) == (image_size_2d(cfg.data),) * 2
     return 1 if whole_image else cfg.data.patches_per_volume
 
 
@@ -51,11 +51,11 @@ def plan_run(cfg: FinetuneConfig, run_dir: str) -> dict:
         ValueError: empty train/validation split, unknown classes, or pre-trained weights that do not
             fit the model (named differences).
     """
-    from rayssl.data.pipeline import _recipe
+    from rayssl.data.pipeline import resolve_recipe
     from rayssl.data.sources import resolve_source
 
     source = resolve_source(cfg.data)
-    recipe = _recipe(cfg.data, source)
+    recipe = resolve_recipe(cfg.data, source)
     spec = task_spec(cfg, source)
     train, val, test = (source.split(s) for s in ("train", "val", "test"))
     if not train or not val:

@@ -7,7 +7,6 @@ far travel in each checkpoint (``best.safetensors``), so a resumed run keeps the
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ from rayssl.finetune.models import build_model, lrd_param_groups
 from rayssl.finetune.task import build_loss, load_eval_cases
 from rayssl.finetune.weights import load_pretrained
 from rayssl.train.artifacts import RunFiles
-from rayssl.train.checkpoint import load_weights, read_state, restore_engine, save_checkpoint, set_schedule_step
-from rayssl.train.engine import build_engine, deepspeed_config, full_state_dict, resolve_precision
-from rayssl.train.loop import _all_mean, steps_per_epoch
+from rayssl.train.checkpoint import resume_engine, save_checkpoint
+from rayssl.train.engine import deepspeed_config, full_state_dict, resolve_precision
+from rayssl.train.loop import all_mean, steps_per_epoch
 from rayssl.train.optim import make_optimizer, make_scheduler
 
 BEST_FILE = "best.safetensors"
@@ -75,30 +74,20 @@ def train_loop_per_worker(config: dict) -> None:
 
     state = {"step": 0, "epoch": 0, "best_metric": None, "best_epoch": None}
     best_weights = None
-    with contextlib.ExitStack() as stack:
-        checkpoint = ray.train.get_checkpoint()
-        ckpt_dir = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
-        same_world = False
-        if ckpt_dir:
-            saved = read_state(ckpt_dir)
-            same_world = saved.pop("world_size") == world
-            state.update(saved)
-            state["resumes"] = state.get("resumes", 0) + 1
-            if rank == 0 and (Path(ckpt_dir) / BEST_FILE).is_file():
-                best_weights = load_file(str(Path(ckpt_dir) / BEST_FILE))
-            if not same_world:
-                model.load_state_dict(load_weights(ckpt_dir))
-        engine = build_engine(
-            model, groups, make_optimizer(cfg.optim, lr),
-            lambda opt: make_scheduler(opt, cfg.optim, lr, total_steps, spe),
-            deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision),
-        )
-        if ckpt_dir and same_world:
-            restore_engine(engine, ckpt_dir)
-        elif ckpt_dir:
-            set_schedule_step(engine.lr_scheduler, state["step"])
-        if ckpt_dir and rank == 0:
-            print(f"[rayssl] fine-tuning resumed at epoch {state['epoch']} step {state['step']}", flush=True)
+
+    def read_best(ckpt_dir: Path) -> None:
+        nonlocal best_weights
+        if rank == 0 and (ckpt_dir / BEST_FILE).is_file():
+            best_weights = load_file(str(ckpt_dir / BEST_FILE))
+
+    engine, resumed = resume_engine(
+        model, groups, make_optimizer(cfg.optim, lr),
+        lambda opt: make_scheduler(opt, cfg.optim, lr, total_steps, spe),
+        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision),
+        state, world, on_checkpoint=read_best,
+    )
+    if resumed and rank == 0:
+        print(f"[rayssl] fine-tuning resumed at epoch {state['epoch']} step {state['step']} ({resumed})", flush=True)
 
     val_cases = load_eval_cases(plan["val_cases"], cfg, plan["recipe"]) if rank == 0 else []
     if cfg.augment:
@@ -159,5 +148,5 @@ def train_loop_per_worker(config: dict) -> None:
         state["epoch"] += 1
         done = done or state["epoch"] >= cfg.epochs
         if done or state["epoch"] % cfg.eval.val_every == 0:
-            train_loss = _all_mean(sum(losses) / max(1, len(losses)))
+            train_loss = all_mean(sum(losses) / max(1, len(losses)))
             validate_and_report(train_loss, time.perf_counter() - t0, samples)

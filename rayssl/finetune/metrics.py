@@ -6,7 +6,6 @@ import math
 import warnings
 
 import numpy as np
-import torch
 from torch import Tensor
 
 

@@ -81,13 +81,13 @@ def case_dicts(cases: list[Case]) -> list[dict]:
 
 def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str) -> list[dict]:
     """Read and preprocess evaluation cases (whole volumes; 2D images centre-cropped to the ROI)."""
-    from rayssl.data.pipeline import _size_2d
+    from rayssl.data.pipeline import image_size_2d
     from rayssl.data.recipes import load_case
     from rayssl.finetune.evaluate import center_crop
 
     out = []
     for c in cases:
-        vol = load_case(Case(**c), recipe, cfg.data.spacing, _size_2d(cfg.data))
+        vol = load_case(Case(**c), recipe, cfg.data.spacing, image_size_2d(cfg.data))
         if len(cfg.data.roi) == 2:
             vol["image"] = center_crop(vol["image"], cfg.data.roi)
         out.append(vol)

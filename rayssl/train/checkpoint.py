@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from rayssl.train.engine import full_state_dict
+from rayssl.train.engine import build_engine, full_state_dict
 
 DS_TAG = "ds"
 WEIGHTS_FILE = "model.safetensors"
@@ -57,6 +58,48 @@ def set_schedule_step(scheduler, step: int) -> None:
     """Move a ``LambdaLR`` to optimiser step ``step`` (after a restart without its saved state)."""
     scheduler.last_epoch = step - 1
     scheduler.step()
+
+
+def resume_engine(
+    model,
+    groups: list[dict],
+    optimizer_factory: Callable,
+    scheduler_factory: Callable,
+    ds_config: dict,
+    state: dict,
+    world_size: int,
+    on_checkpoint: Callable[[Path], None] | None = None,
+):
+    """Build the DeepSpeed engine, resuming from Ray Train's latest checkpoint when there is one.
+
+    ``state`` (step, epoch, ...) is updated in place from the checkpoint and gets ``resumes`` + 1.
+    Same world size: DeepSpeed restores weights, optimizer and schedule. Another world size: the
+    consolidated weights are loaded before the engine is built and the schedule is moved to the saved
+    step. ``on_checkpoint(dir)`` may read extra files while the checkpoint is open.
+
+    Returns:
+        ``(engine, how)``: ``how`` is ``None`` for a fresh start, else a short description.
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return build_engine(model, groups, optimizer_factory, scheduler_factory, ds_config), None
+    with checkpoint.as_directory() as ckpt_dir:
+        saved = read_state(ckpt_dir)
+        same_world = saved.pop("world_size") == world_size
+        state.update(saved)
+        state["resumes"] = state.get("resumes", 0) + 1
+        if on_checkpoint:
+            on_checkpoint(Path(ckpt_dir))
+        if not same_world:  # autoscaled: consolidated weights, fresh optimizer moments
+            model.load_state_dict(load_weights(ckpt_dir))
+        engine = build_engine(model, groups, optimizer_factory, scheduler_factory, ds_config)
+        if same_world:
+            restore_engine(engine, ckpt_dir)
+            return engine, "optimizer restored"
+        set_schedule_step(engine.lr_scheduler, state["step"])
+        return engine, f"weights only, now {world_size} workers"
 
 
 # --------------------------------------------------------------------------- export

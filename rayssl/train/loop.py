@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import tempfile
 import time
@@ -14,8 +13,8 @@ import torch.distributed as dist
 
 from rayssl.config import PretrainConfig
 from rayssl.train.artifacts import RunFiles
-from rayssl.train.checkpoint import load_weights, read_state, restore_engine, save_checkpoint, set_schedule_step
-from rayssl.train.engine import build_engine, deepspeed_config, ensure_cpu_accelerator, resolve_precision
+from rayssl.train.checkpoint import resume_engine, save_checkpoint
+from rayssl.train.engine import deepspeed_config, ensure_cpu_accelerator, resolve_precision
 from rayssl.train.methods import build_model, build_objective
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
 from rayssl.train.preview import save_preview
@@ -32,7 +31,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _all_mean(value: float) -> float:
+def all_mean(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
@@ -71,31 +70,17 @@ def train_loop_per_worker(config: dict) -> None:
     lr = plan["lr"]
 
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "samples": 0}
-    with contextlib.ExitStack() as stack:
-        checkpoint = ray.train.get_checkpoint()
-        ckpt_dir = stack.enter_context(checkpoint.as_directory()) if checkpoint else None
-        same_world = False
-        if ckpt_dir:
-            saved = read_state(ckpt_dir)
-            same_world = saved.pop("world_size") == world
-            state.update(saved)
-            state["resumes"] = state.get("resumes", 0) + 1
-            if not same_world:  # autoscaled: consolidated weights, fresh optimizer moments
-                model.load_state_dict(load_weights(ckpt_dir))
-        engine = build_engine(
-            model,
-            param_groups(model, cfg.optim.weight_decay),
-            make_optimizer(cfg.optim, lr),
-            lambda opt: make_scheduler(opt, cfg.optim, lr, total_steps, spe),
-            deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision),
-        )
-        if ckpt_dir and same_world:
-            restore_engine(engine, ckpt_dir)
-        elif ckpt_dir:
-            set_schedule_step(engine.lr_scheduler, state["step"])
-        if ckpt_dir and rank == 0:
-            how = "optimizer restored" if same_world else f"weights only, now {world} workers"
-            print(f"[rayssl] resumed at step {state['step']} epoch {state['epoch']} ({how})", flush=True)
+    engine, resumed = resume_engine(
+        model,
+        param_groups(model, cfg.optim.weight_decay),
+        make_optimizer(cfg.optim, lr),
+        lambda opt: make_scheduler(opt, cfg.optim, lr, total_steps, spe),
+        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision),
+        state,
+        world,
+    )
+    if resumed and rank == 0:
+        print(f"[rayssl] resumed at step {state['step']} epoch {state['epoch']} ({resumed})", flush=True)
 
     shard = ray.train.get_dataset_shard("train")
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank + state["step"])
@@ -113,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {
             "step": state["step"],
             "epoch": state["epoch"],
-            "loss": _all_mean(window_loss / max(1, window_n)),
+            "loss": all_mean(window_loss / max(1, window_n)),
             "lr": engine.get_lr()[0],
             "samples_per_s": window_samples * world / max(elapsed, 1e-9),
             "samples": state["samples"],
