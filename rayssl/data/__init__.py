@@ -3,7 +3,7 @@
 Names are imported lazily, so ``import rayssl.data.io`` does not pull in Ray.
 """
 
-from importlib import import_module
+from rayssl._lazy import lazy_exports
 
 _EXPORTS = {
     "BadInput": "io",
@@ -25,16 +25,4 @@ _EXPORTS = {
     "read_manifest": "cache",
     "write_patches": "cache",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rayssl.data' has no attribute {name!r}")
-    value = getattr(import_module(f"rayssl.data.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

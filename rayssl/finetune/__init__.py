@@ -3,7 +3,7 @@
 Names are imported lazily, so ``import rayssl.finetune.metrics`` does not pull in Ray.
 """
 
-from importlib import import_module
+from rayssl._lazy import lazy_exports
 
 _EXPORTS = {
     "finetune": "driver",
@@ -19,16 +19,4 @@ _EXPORTS = {
     "predict_volume": "evaluate",
     "train_loop_per_worker": "loop",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rayssl.finetune' has no attribute {name!r}")
-    value = getattr(import_module(f"rayssl.finetune.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,7 @@
 Names are imported lazily, so ``import rayssl.tune.leaderboard`` does not pull in Ray Tune.
 """
 
-from importlib import import_module
+from rayssl._lazy import lazy_exports
 
 _EXPORTS = {
     "run_sweep": "sweep",
@@ -22,16 +22,4 @@ _EXPORTS = {
     "merge_leaderboards": "leaderboard",
     "load_sweep": "leaderboard",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rayssl.tune' has no attribute {name!r}")
-    value = getattr(import_module(f"rayssl.tune.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
