@@ -60,3 +60,17 @@ def test_scheduler_drives_optimizer_lr():
     assert lrs[0] == pytest.approx(1e-4)
     assert lrs[9] == pytest.approx(1e-3)
     assert lrs[15] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_zero_buffers_scale_with_the_largest_layer():
+    from rayssl.train.engine import deepspeed_config
+
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 3000), torch.nn.Linear(3000, 10))  # largest: 3M weights
+    assert deepspeed_config(2, OptimConfig(), 0, "fp32", model)["zero_optimization"] == {"stage": 0}
+    zero2 = deepspeed_config(2, OptimConfig(), 2, "fp32", model)["zero_optimization"]
+    assert zero2 == {"stage": 2, "reduce_bucket_size": 3_000_000, "allgather_bucket_size": 3_000_000}
+    zero3 = deepspeed_config(2, OptimConfig(), 3, "fp32", model)["zero_optimization"]
+    assert zero3["stage3_max_live_parameters"] == zero3["sub_group_size"] == 12_000_000
+    # a small model still gets DeepSpeed-sized buckets of at least 1M elements
+    tiny = deepspeed_config(2, OptimConfig(), 3, "fp32", torch.nn.Linear(4, 4))["zero_optimization"]
+    assert tiny["reduce_bucket_size"] == tiny["stage3_prefetch_bucket_size"] == 10**6

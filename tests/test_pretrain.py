@@ -92,11 +92,19 @@ def test_export_reloads_to_identical_encoder_outputs(two_worker_run):
 
 
 def test_resume_continues_at_step_also_on_fewer_workers(ray_session, tmp_path, synthetic_dir):
+    from rayssl.train.methods import build_model
     from rayssl.train.pretrain import pretrain
 
-    common = ("run.checkpoint_every=2", "scale.zero_stage=1")
-    run_dir = Path(pretrain(tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=2", "max_steps=4", *common)))
+    common = ("run.checkpoint_every=2", "scale.zero_stage=3")
+    cfg = tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=2", "max_steps=4", *common)
+    run_dir = Path(pretrain(cfg))
     assert metrics(run_dir)[-1]["step"] == 4
+    # the ZeRO-3 checkpoint holds full, gathered weights (not the ranks' partitions)
+    latest = max((d for d in run_dir.glob("checkpoint_*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    weights = load_weights(latest)
+    expected = {k: v.shape for k, v in build_model(cfg, 1).state_dict().items()}
+    assert {k: v.shape for k, v in weights.items()} == expected
+    assert all(torch.isfinite(v).all() for v in weights.values())
     # a 2-worker checkpoint resumes on 1 worker (consolidated weights)
     pretrain(tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=1", "max_steps=6", *common))
     # same world size again: DeepSpeed restores the optimizer too
@@ -107,6 +115,8 @@ def test_resume_continues_at_step_also_on_fewer_workers(ray_session, tmp_path, s
     assert [r["world_size"] for r in rows if r["step"] <= 4] == [2] * len([s for s in steps if s <= 4])
     assert {r["world_size"] for r in rows if r["step"] > 4} == {1}
     assert rows[-1]["resumes"] == 2
+    # resuming from the consolidated weights continues training rather than starting over
+    assert max(r["loss"] for r in rows if r["step"] > 4) < rows[0]["loss"]
     assert json.loads((run_dir / "result.json").read_text())["steps"] == 8
 
 

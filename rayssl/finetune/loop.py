@@ -83,7 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine, resumed = resume_engine(
         model, groups, make_optimizer(cfg.optim, lr),
         lambda opt: make_scheduler(opt, cfg.optim, lr, total_steps, spe),
-        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision),
+        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision, model),
         state, world, on_checkpoint=read_best,
     )
     if resumed and rank == 0:
@@ -107,7 +107,7 @@ def train_loop_per_worker(config: dict) -> None:
         improved = value == value and (state["best_metric"] is None or value > state["best_metric"])
         if improved:
             state["best_metric"], state["best_epoch"] = value, state["epoch"]
-            weights = full_state_dict(engine)  # collective under ZeRO-3
+            weights = full_state_dict(engine, keep=rank == 0)  # collective under ZeRO-3
             best_weights = weights if rank == 0 else None
         metrics.update(epoch=state["epoch"], step=state["step"], train_loss=train_loss, lr=engine.get_lr()[0],
                        best_val_metric=state["best_metric"], best_epoch=state["best_epoch"],

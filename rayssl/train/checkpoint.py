@@ -27,7 +27,7 @@ def save_checkpoint(engine, directory: str | Path, state: dict, rank: int, world
     """Write a checkpoint into ``directory`` (called on every rank: it holds collectives)."""
     directory = Path(directory)
     engine.save_checkpoint(str(directory), tag=DS_TAG)
-    weights = full_state_dict(engine)
+    weights = full_state_dict(engine, keep=rank == 0)
     if rank == 0:
         save_file(weights, str(directory / WEIGHTS_FILE))
         (directory / STATE_FILE).write_text(json.dumps({**state, "world_size": world_size}, indent=1))

@@ -59,6 +59,7 @@ def train_loop_per_worker(config: dict) -> None:
     files = RunFiles(plan["run_dir"], pull_metrics=True) if rank == 0 else None
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
+    import rayssl.models.genesis_unet, rayssl.models.mae  # noqa: F401, E401  (timm, MONAI: also before it)
 
     base_mem = peak_memory_mb(device)  # the process before the model: libraries, Ray, DeepSpeed
 
@@ -75,7 +76,7 @@ def train_loop_per_worker(config: dict) -> None:
         param_groups(model, cfg.optim.weight_decay),
         make_optimizer(cfg.optim, lr),
         lambda opt: make_scheduler(opt, cfg.optim, lr, total_steps, spe),
-        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision),
+        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, precision, model),
         state,
         world,
     )
