@@ -89,6 +89,9 @@ def build_engine(
         config=config,
         dist_init_required=False,
     )
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        # one worker has nothing to average; DeepSpeed would still flatten and copy every gradient
+        engine.enable_backward_allreduce = False
     return engine
 
 
