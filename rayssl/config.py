@@ -215,8 +215,13 @@ class ModelConfig(Strict):
 
 
 class CorruptionConfig(Strict):
-    """Models Genesis corruption probabilities (paper defaults)."""
+    """Models Genesis corruption probabilities (paper defaults) and where they run.
 
+    ``where``: ``worker`` corrupts each batch on the training worker's device; ``data`` corrupts it in
+    a Ray Data task before it reaches the worker (on CPUs the cluster has spare), unseeded.
+    """
+
+    where: Literal["worker", "data"] = "worker"
     flip_prob: float = Field(0.4, ge=0.0, le=1.0)
     shuffle_prob: float = Field(0.5, ge=0.0, le=1.0)
     nonlinear_prob: float = Field(0.9, ge=0.0, le=1.0)

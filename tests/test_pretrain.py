@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -164,10 +165,14 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synt
 
 
 @pytest.mark.parametrize(
-    "preset, source, roi, weights",
-    [("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors"), ("tiny_mae2d", "synthetic:cxr:16", "[32,32]", "encoder.safetensors")],
+    "preset, source, roi, weights, extra",
+    [
+        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", "corruption.where=worker"),
+        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", "corruption.where=data"),
+        ("tiny_mae2d", "synthetic:cxr:16", "[32,32]", "encoder.safetensors", "seed=0"),
+    ],
 )
-def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synthetic_dir, preset, source, roi, weights):
+def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synthetic_dir, preset, source, roi, weights, extra):
     from rayssl.train.pretrain import pretrain
 
     cfg = load_config(
@@ -175,7 +180,7 @@ def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synt
         "pretrain",
         preset=preset,
         overrides=[f"data.source={source}", f"data.synthetic_dir={synthetic_dir}", f"data.roi={roi}", "max_steps=4",
-                   "batch_size=4", f"run.storage_path={tmp_path}", "run.name=r", "run.log_every=1", "scale.cpus_per_worker=0.5"],
+                   "batch_size=4", f"run.storage_path={tmp_path}", "run.name=r", "run.log_every=1", "scale.cpus_per_worker=0.5", extra],
     )
     run_dir = Path(pretrain(cfg))
     result = json.loads((run_dir / "result.json").read_text())
@@ -184,3 +189,16 @@ def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synt
     assert meta["method"] == cfg.model.method and meta["spatial_dims"] == len(cfg.data.roi)
     losses = [r["loss"] for r in metrics(run_dir)]
     assert len(losses) == 4 and all(0 < v < 10 for v in losses)
+
+
+def test_corrupt_in_data_returns_corrupted_images_and_their_targets():
+    from rayssl.train.methods import corrupt_in_data
+
+    image = np.random.default_rng(0).random((2, 1, 40, 40, 20), dtype=np.float32)  # blocks up to 4x4x2
+    out = corrupt_in_data({"image": image}, {"flip_prob": 0.0, "shuffle_prob": 1.0, "nonlinear_prob": 0.0,
+                                             "paint_prob": 0.0, "where": "data"})
+    assert set(out) == {"image", "target"} and out["image"].shape == out["target"].shape == image.shape
+    np.testing.assert_array_equal(out["target"], image)  # no flips: the target is the input
+    assert not np.array_equal(out["image"], image)  # shuffled...
+    for got, original in zip(out["image"], image):  # ...by moving each sample's own voxels around
+        assert np.isin(got, original).all()

@@ -144,9 +144,10 @@ def train_loop_per_worker(config: dict) -> None:
             if i < skip:  # resume inside an epoch: skip what was already trained on
                 continue
             x = batch["image"].to(device=device, dtype=torch.float32)
-            if preview_batch is None:
-                preview_batch = x[:2].clone()
-            loss = objective.loss(engine, x, generator, dtype)
+            target = batch["target"].to(device=device, dtype=torch.float32) if "target" in batch else None
+            if preview_batch is None:  # clean images: previews corrupt them on the worker
+                preview_batch = (x if target is None else target)[:2].clone()
+            loss = objective.loss(engine, x, generator, dtype, target)
             engine.backward(loss)
             engine.step()
             micro += 1

@@ -141,6 +141,11 @@ def pretrain(cfg: PretrainConfig, dataset: ray.data.Dataset | None = None) -> st
     else:
         ds, num_patches = dataset.select_columns(["image"]), dataset.count()
         channels = int(dataset.take(1)[0]["image"].shape[0])
+    if cfg.model.method == "genesis" and cfg.corruption.where == "data":
+        from rayssl.train.methods import corrupt_in_data
+
+        ds = ds.map_batches(corrupt_in_data, fn_kwargs={"corruption": cfg.corruption.model_dump()},
+                            batch_size=cfg.batch_size, batch_format="numpy")
     total_batch = cfg.batch_size * cfg.optim.grad_accum * _max_workers(cfg)
     plan = {
         "run_dir": run_dir,
