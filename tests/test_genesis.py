@@ -19,6 +19,15 @@ def unique_volume(n=2, c=1, spatial=(12, 10, 8)):
     return x / x.numel()
 
 
+def boxes_to_mask(boxes, shape):
+    """Reference: the union of the boxes ``(sample, origin.., size..)`` as a bool mask ``[N, *spatial]``."""
+    d = len(shape) - 2
+    mask = torch.zeros(shape[0], *shape[2:], dtype=torch.bool)
+    for s, *box in boxes.tolist():
+        mask[(s, *[slice(o, o + n) for o, n in zip(box[:d], box[d:])])] = True
+    return mask
+
+
 def three_sigma(p, n):
     return 3 * math.sqrt(p * (1 - p) / n) + 1e-9
 
@@ -112,6 +121,40 @@ def test_shuffle_overlapping_blocks_last_block_wins():
         G.shuffle_blocks(x, torch.tensor([[0, 0, 0, 0, 1, 1]]), gen())
 
 
+@pytest.mark.parametrize("path, spatial, n_blocks, dtype", [
+    ("numpy", (12, 10, 8), 60, torch.float64),  # int32 packed owner values
+    ("numpy", (128, 128, 64), 2500, torch.float64),  # 12 rank bits + 20 voxel bits: int64 fallback
+    ("numpy", (20, 14), 60, torch.float16),  # 2D, gathered as raw 16-bit values
+    ("torch", (12, 10, 8), 60, torch.float64),  # the pure torch (CUDA) path, run on CPU
+    ("torch", (20, 14), 60, torch.float64),
+])
+def test_shuffle_paths_each_voxel_from_last_covering_block(path, spatial, n_blocks, dtype):
+    n = 3 if n_blocks < 1000 else 1
+    x = unique_volume(n, 2, spatial)
+    x[:, 1] = x[:, 0] * 2 + 1
+    blocks = G.draw_shuffle_blocks(x, gen(19), n_blocks=n_blocks, max_frac=0.05 if n_blocks > 1000 else 0.4,
+                                   which=torch.arange(n) != 1)
+    blocks = blocks[torch.randperm(len(blocks), generator=gen(20))]  # any order, samples interleaved
+    shuffle = G.shuffle_blocks if path == "numpy" else G._shuffle_blocks_torch
+    out = shuffle(x, blocks, gen(21))
+    if dtype != x.dtype:  # a pure gather: the same permutations whatever the dtype
+        assert torch.equal(shuffle(x.to(dtype), blocks, gen(21)), out.to(dtype))
+    src = (out[:, 0] * x.numel()).round().long()  # flat index of the source voxel
+    flat = torch.arange(x.numel()).view_as(x)[:, 0]
+    owner = torch.full((n, *spatial), -1, dtype=torch.long)
+    regions = []
+    for j, (s, *box) in enumerate(blocks.tolist()):
+        regions.append((s, *[slice(o, o + size) for o, size in zip(box[:len(spatial)], box[len(spatial):])]))
+        owner[regions[-1]] = j
+    assert torch.equal(src[owner < 0], flat[owner < 0])  # uncovered voxels untouched
+    for j, region in enumerate(regions):
+        won = owner[region] == j
+        got = src[region][won]
+        assert len(got.unique()) == len(got) and torch.isin(got, flat[region].reshape(-1)).all()
+    torch.testing.assert_close(out[:, 1], out[:, 0] * 2 + 1)  # channels moved together
+    assert not torch.equal(out, x)
+
+
 def test_local_pixel_shuffle_is_local_and_follows_which():
     x = unique_volume(3, 1, (20, 20, 10))
     which = torch.tensor([True, False, True])
@@ -140,14 +183,14 @@ def test_inpaint_explicit_boxes():
     mask = mask[:, None].expand_as(x)
     assert torch.equal(out != x, mask)
     assert out[mask].min() >= 0 and out[mask].max() < 1
-    torch.testing.assert_close(G.boxes_to_mask(boxes, tuple(x.shape)), mask[:, 0])
+    torch.testing.assert_close(boxes_to_mask(boxes, tuple(x.shape)), mask[:, 0])
 
 
 def test_outpaint_explicit_boxes():
     x = torch.full((3, 1, 12, 12, 6), 2.0)
     boxes = torch.tensor([[0, 2, 2, 1, 6, 5, 4], [2, 0, 0, 0, 3, 3, 3], [2, 8, 8, 2, 4, 4, 4]])
     out = G.paint_boxes(x, boxes, "outpaint", gen(9))
-    keep = G.boxes_to_mask(boxes, tuple(x.shape))[:, None]
+    keep = boxes_to_mask(boxes, tuple(x.shape))[:, None]
     keep[1] = True  # sample 1 has no box: left unchanged
     assert torch.equal(out == x, keep)
     assert out[~keep].min() >= 0 and out[~keep].max() < 1
@@ -158,7 +201,7 @@ def test_random_painting_matches_its_boxes(mode):
     x = torch.full((40, 1, 28, 28, 14), 2.0)
     out = (G.inpaint if mode == "inpaint" else G.outpaint)(x, gen(10))
     boxes = G.draw_paint_boxes(x, mode, gen(10))  # the same draws, replayed
-    mask = G.boxes_to_mask(boxes, tuple(x.shape))[:, None]
+    mask = boxes_to_mask(boxes, tuple(x.shape))[:, None]
     assert torch.equal(out != x, mask if mode == "inpaint" else ~mask)
     counts = torch.bincount(boxes[:, 0], minlength=40)
     size, org = boxes[:, 4:], boxes[:, 1:4]

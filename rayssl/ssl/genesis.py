@@ -10,7 +10,7 @@ row order is application order (a later block overwrites an earlier one where th
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from dataclasses import dataclass
 
@@ -54,30 +54,19 @@ def _check_rows(rows: Tensor, x: Tensor, what: str) -> None:
 
 def _draw_boxes(idx: Tensor, spatial: tuple[int, ...], lo: Tensor, hi: Tensor, margin: Tensor,
                 generator: torch.Generator | None) -> Tensor:
-    # idx: [K] sample of each box; sides ~ U{lo..hi}, origin ~ U{margin .. dim - side - margin} per axis
-    k, device = len(idx), idx.device
-    dims = torch.tensor(spatial, device=device)
-    size = lo + (_rand(k, len(spatial), generator=generator, device=device) * (hi - lo + 1)).long()
-    size = torch.minimum(size, dims)
-    m = torch.minimum(margin.expand_as(size), (dims - size) // 2)
-    org = m + (_rand(k, len(spatial), generator=generator, device=device) * (dims - size - 2 * m + 1)).long()
-    return torch.cat([idx[:, None], org, size], dim=1)
-
-
-def boxes_to_mask(boxes: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Union of boxes as a bool mask ``[N, *spatial]`` for an image batch of ``shape [N, C, *spatial]``."""
-    n, spatial = shape[0], tuple(shape[2:])
-    d = len(spatial)
-    # +-1 at the 2^d corners of every box, then cumulative sums along each axis = coverage count
-    count = torch.zeros(n, *[s + 1 for s in spatial], dtype=torch.int32, device=boxes.device)
-    org, size = boxes[:, 1:1 + d], boxes[:, 1 + d:]
-    for corner in itertools.product((0, 1), repeat=d):
-        idx = (boxes[:, 0], *[org[:, a] + corner[a] * size[:, a] for a in range(d)])
-        sign = torch.full((len(boxes),), (-1) ** sum(corner), dtype=torch.int32, device=boxes.device)
-        count.index_put_(idx, sign, accumulate=True)
-    for a in range(d):
-        count = count.cumsum(dim=1 + a, dtype=torch.int32)
-    return count[(slice(None), *[slice(0, s) for s in spatial])] > 0
+    # idx: [K] sample of each box; sides ~ U{lo..hi}, origin ~ U{margin .. dim - side - margin} per axis.
+    # Worked out axis-major ([d, K]: long rows for the elementwise ops), returned as a [K, 1 + 2d] view.
+    k, device, d = len(idx), idx.device, len(spatial)
+    dims = torch.tensor(spatial, device=device)[:, None]
+    lo, hi, margin = lo[:, None], hi[:, None], margin[:, None]
+    size = torch.minimum(lo + (_rand(d, k, generator=generator, device=device) * (hi - lo + 1)).long(), dims)
+    free = dims - size  # room left on the axis
+    if bool(margin.any()):
+        m = torch.minimum(margin, free >> 1)  # margins shrink to fit
+        org = m + (_rand(d, k, generator=generator, device=device) * (free - 2 * m + 1)).long()
+    else:
+        org = (_rand(d, k, generator=generator, device=device) * (free + 1)).long()
+    return torch.cat([idx[None], org, size]).T
 
 
 # ----------------------------------------------------------------------------- flips
@@ -118,9 +107,107 @@ def shuffle_blocks(x: Tensor, blocks: Tensor, generator: torch.Generator | None 
     """
     _check_image(x)
     _check_rows(blocks, x, "blocks")
-    n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    return _shuffle_blocks(x, blocks, generator)
+
+
+def _shuffle_blocks(x: Tensor, blocks: Tensor, generator: torch.Generator | None) -> Tensor:
     if len(blocks) == 0:
         return x.clone()
+    if x.device.type == "cpu":
+        return _shuffle_blocks_numpy(x, blocks.cpu(), generator)
+    return _shuffle_blocks_torch(x, blocks, generator)
+
+
+@functools.lru_cache(maxsize=1024)
+def _np_box_offsets(shape: tuple[int, ...], strides: tuple[int, ...]) -> np.ndarray:
+    # flat offsets of the voxels of a box of this shape from its origin, row-major (read-only)
+    off = np.zeros((), dtype=np.int64)
+    for s, st in zip(shape, strides):
+        off = off[..., None] + np.arange(s) * st
+    off = off.reshape(-1)
+    off.flags.writeable = False
+    return off
+
+
+def _shuffle_blocks_numpy(x: Tensor, blocks: Tensor, generator: torch.Generator | None) -> Tensor:
+    # CPU path. Every block's permutation is a row sort of random keys; overlaps are resolved by
+    # a scatter-max of a packed (block rank, source voxel) value into each destination voxel.
+    n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    d, k, volume = len(spatial), len(blocks), math.prod(spatial)
+    strides = tuple(math.prod(spatial[a + 1:]) for a in range(d))
+    b = np.ascontiguousarray(blocks.numpy().T)  # [1 + 2d, K]: sample, origin.., size..
+    size = b[1 + d:]
+    base = np.array(strides) @ b[1:1 + d]  # block origin, flat inside its sample
+    counts = np.bincount(b[0], minlength=n)
+    samples = np.flatnonzero(counts)  # only samples with blocks are worked on, renumbered 0..ns-1
+    smp = (np.cumsum(counts > 0) - 1)[b[0]] if len(samples) < n else b[0]
+    counts, ns = counts[samples], len(samples)
+    # rank of each block among its sample's blocks, from 1, in application order
+    by_sample = np.argsort(smp.astype(np.min_scalar_type(ns)), kind="stable")
+    rank = np.empty(k, dtype=np.int64)
+    rank[by_sample] = np.arange(1, k + 1) - np.repeat(np.cumsum(counts) - counts, counts)
+    # Owner value of an entry (block voxel): rank << vb | source voxel (flat inside the sample).
+    # Its maximum over the entries of a destination voxel comes from the last block covering it;
+    # the initial value (rank 0, the voxel itself) keeps uncovered voxels. int32 when it fits.
+    vb = max(1, (volume - 1).bit_length())
+    vt = np.int32 if int(rank.max()).bit_length() + vb <= 31 else np.int64
+    it = np.int32 if ns * volume < 2 ** 31 else np.int64  # destination voxel index
+    src_base = ((rank << vb) + base).astype(vt)
+    dst_base = (smp * volume + base).astype(it)
+    # group the blocks by shape (stable: in block order inside a group)
+    code = size[0].copy()
+    for a in range(1, d):
+        code *= spatial[a] + 1
+        code += size[a]
+    by_shape = np.argsort(code.astype(np.min_scalar_type(int(code.max()))), kind="stable")
+    code = code[by_shape]
+    starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]).tolist() + [k]
+    gen_dev = generator.device if generator is not None else "cpu"
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_dev))
+    bits = np.random.PCG64(seed)
+    owner = np.tile(np.arange(volume, dtype=vt), ns)
+    # group by group, so that the working set stays in cache
+    for first, last in zip(starts[:-1], starts[1:]):
+        idx = by_shape[first:last]  # the kc blocks of this shape, each m voxels
+        shape = tuple(size[:, idx[0]].tolist())
+        kc, m = last - first, math.prod(shape)
+        off = _np_box_offsets(shape, strides)
+        # entries (block voxels) are laid out [m, kc] (voxel-major): long inner loops for numpy
+        dst = np.add(off.astype(it)[:, None], dst_base[idx])
+        if m == 1:
+            src = src_base[idx]
+        else:
+            # key = (32 - lb) random bits << lb | voxel index inside the block; sorting a block's row of
+            # keys orders its voxel indices uniformly at random (ties, with probability below
+            # m^2 / 2^(33 - lb), fall back to index order). Raw PCG64 output, seeded from the
+            # generator, costs a fraction of torch.randint.
+            lb = (m - 1).bit_length()
+            key = bits.random_raw((kc * m + 1) // 2).view(np.uint32)[:kc * m].reshape(kc, m)
+            key <<= lb
+            key |= np.arange(m, dtype=np.uint32)
+            key.sort(axis=1)
+            key &= (1 << lb) - 1  # row j = permutation of block j: voxel r takes voxel key[j, r]
+            src = np.add(off.astype(vt).take(key.T), src_base[idx])
+        np.maximum.at(owner, dst.reshape(-1), src.reshape(-1))
+    owner &= (1 << vb) - 1  # source voxel of every voxel of the ns samples
+    # gather on the raw bytes (numpy has no bfloat16)
+    raw_dtype = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    xv = x.detach().contiguous().view(raw_dtype).numpy().reshape(n, c, volume)
+    ov = out.detach().view(raw_dtype).numpy().reshape(n, c, volume)
+    slot = np.full(n, -1)
+    slot[samples] = np.arange(ns)
+    for s_i, i in enumerate(slot.tolist()):
+        if i < 0:
+            ov[s_i] = xv[s_i]
+        else:
+            np.take(xv[s_i], owner[i * volume:(i + 1) * volume], axis=1, out=ov[s_i])
+    return out
+
+
+def _shuffle_blocks_torch(x: Tensor, blocks: Tensor, generator: torch.Generator | None) -> Tensor:
+    # pure torch path (CUDA): one sort of packed int64 keys over all block voxels
+    n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
     d, dev, k = len(spatial), x.device, len(blocks)
     volume = math.prod(spatial)
     strides = [math.prod(spatial[a + 1:]) for a in range(d)]
@@ -156,20 +243,10 @@ def shuffle_blocks(x: Tensor, blocks: Tensor, generator: torch.Generator | None 
     vmask = (1 << vb) - 1
     flat = sort_key & vmask  # sample * V + voxel of each entry
     gen_dev = generator.device if generator is not None else "cpu"
-    if dev.type == "cpu":  # raw PCG64 bits (seeded from the generator) cost a fraction of torch.randint
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_dev))
-        bits = np.random.PCG64(seed).random_raw(total)
-        bits >>= np.uint64(64 - rb)
-        bits <<= np.uint64(vb)
-        sort_key.numpy().__iadd__(bits.view(np.int64))
-    else:
-        sort_key += torch.randint(0, 1 << rb, (total,), generator=generator, device=gen_dev).to(dev) << vb
+    sort_key += torch.randint(0, 1 << rb, (total,), generator=generator, device=gen_dev).to(dev) << vb
     owner = torch.full((n * volume,), -1, dtype=torch.long, device=dev)
     owner.scatter_reduce_(0, flat, owner_key, reduce="amax")
-    if dev.type == "cpu":  # numpy's SIMD sort is several times faster than torch.sort on CPU
-        ranked = torch.from_numpy(np.sort(sort_key.numpy()))
-    else:
-        ranked = torch.sort(sort_key).values
+    ranked = torch.sort(sort_key).values
     dst = (owner >= 0).nonzero().squeeze(1)  # covered voxels
     win = owner[dst]
     b, li = win >> lb, win & ((1 << lb) - 1)
@@ -208,14 +285,15 @@ def local_pixel_shuffle(x: Tensor, generator: torch.Generator | None = None, n_b
         which: optional bool ``[N]`` selecting the samples to shuffle.
     """
     _check_image(x)
-    chunk = 64  # samples per call, so that the packed int64 keys keep enough random bits
+    chunk = 64  # samples per call, so that the packed int64 keys of the torch path keep enough random bits
     if x.shape[0] > chunk:
         _select(x.shape[0], which, x.device)  # validate ``which`` once
         parts = [local_pixel_shuffle(x[i:i + chunk], generator, n_blocks, max_frac,
                                      None if which is None else which[i:i + chunk])
                  for i in range(0, x.shape[0], chunk)]
         return torch.cat(parts)
-    return shuffle_blocks(x, draw_shuffle_blocks(x, generator, n_blocks, max_frac, which), generator)
+    blocks = draw_shuffle_blocks(x, generator, n_blocks, max_frac, which)  # valid by construction
+    return _shuffle_blocks(x, blocks, generator)
 
 
 # ----------------------------------------------------------------------------- non-linear transform
@@ -246,18 +324,43 @@ def apply_curve(x: Tensor, xs: Tensor, ys: Tensor, bins: int = 4097) -> Tensor:
     ``searchsorted``), so each voxel costs an index and a lerp instead of a binary search.
     Inputs are clamped to [0, 1].
     """
-    n = x.shape[0]
-    grid = torch.linspace(0, 1, bins, device=x.device, dtype=xs.dtype).expand(n, bins).contiguous()
-    i = torch.searchsorted(xs.contiguous(), grid).clamp(1, xs.shape[1] - 1)  # xs[i-1] < g <= xs[i]
-    x0, x1 = xs.gather(1, i - 1), xs.gather(1, i)
-    w = ((grid - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
-    dtype = torch.promote_types(x.dtype, torch.float32)  # fp16/bf16 cannot hold bin positions
-    table = torch.lerp(ys.gather(1, i - 1), ys.gather(1, i), w).to(dtype)  # [N, bins]
-    slope = table.diff(dim=1)  # [N, bins - 1]
-    pos = x.reshape(n, -1).to(dtype, copy=True).clamp_(0, 1).mul_(bins - 1)
-    j = pos.long().clamp_(max=bins - 2)
-    pos -= j  # fraction inside the bin
-    return table.gather(1, j).addcmul_(slope.gather(1, j), pos).to(x.dtype).view_as(x)
+    return _apply_curve_(x.clone(), torch.arange(x.shape[0]), xs, ys, bins)
+
+
+def _apply_curve_(out: Tensor, idx: Tensor, xs: Tensor, ys: Tensor, bins: int) -> Tensor:
+    # in place: sample idx[i] of ``out`` goes through curve i
+    k = len(idx)
+    dtype = torch.promote_types(out.dtype, torch.float32)  # fp16/bf16 cannot hold bin positions
+    if xs.device.type == "cpu":  # np.interp: the same table, a fraction of the time
+        grid = np.linspace(0, 1, bins)
+        table = np.stack([np.interp(grid, a, b) for a, b in zip(xs.numpy(), ys.numpy())])
+        table = torch.from_numpy(table).to(dtype)
+    else:
+        grid = torch.linspace(0, 1, bins, device=xs.device, dtype=xs.dtype).expand(k, bins).contiguous()
+        i = torch.searchsorted(xs.contiguous(), grid).clamp(1, xs.shape[1] - 1)  # xs[i-1] < g <= xs[i]
+        x0, x1 = xs.gather(1, i - 1), xs.gather(1, i)
+        w = ((grid - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
+        table = torch.lerp(ys.gather(1, i - 1), ys.gather(1, i), w).to(dtype)  # [k, bins]
+    # bin j (pos in [j, j + 1)) maps to table[j] + slope[j] * (pos - j); the zero slope of the
+    # last bin serves pos = bins - 1 (input 1)
+    slope = torch.cat([table.diff(dim=1), table.new_zeros(k, 1)], dim=1)
+    if out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and out.is_contiguous():
+        # numpy, one sample at a time, in place: ~8 passes over the voxels, no temporaries but the bins
+        table, slope = table.numpy(), slope.numpy()
+        flat = out.detach().view(out.shape[0], -1).numpy()
+        for i, s in enumerate(idx.tolist()):
+            pos = np.clip(flat[s], 0, 1, out=flat[s])
+            pos *= bins - 1
+            j = pos.astype(np.intp)
+            np.subtract(pos, j, out=pos, dtype=pos.dtype)  # fraction inside the bin
+            pos *= slope[i].take(j)
+            pos += table[i].take(j)
+        return out
+    pos = out[idx].reshape(k, -1).to(dtype, copy=True).clamp_(0, 1).mul_(bins - 1)
+    j = pos.long()
+    pos -= j
+    out[idx] = table.gather(1, j).addcmul_(slope.gather(1, j), pos).to(out.dtype).view_as(out[idx])
+    return out
 
 
 def nonlinear_transform(x: Tensor, generator: torch.Generator | None = None, which: Tensor | None = None,
@@ -268,10 +371,15 @@ def nonlinear_transform(x: Tensor, generator: torch.Generator | None = None, whi
     sorted samples define a monotone map of [0, 1] onto [0, 1] (0 -> 0, 1 -> 1, or reversed).
     """
     _check_image(x)
+    return _nonlinear_(x.clone(), generator, which, n)
+
+
+def _nonlinear_(x: Tensor, generator: torch.Generator | None, which: Tensor | None, n: int = 1000) -> Tensor:
+    # in place
     idx = _select(x.shape[0], which, x.device)
     k = len(idx)
     if k == 0:
-        return x.clone()
+        return x
     r = _rand(k, 5, generator=generator, device=x.device)
     pts = torch.zeros(k, 4, 2, device=x.device)
     pts[:, 1:3] = r[:, :4].view(k, 2, 2)
@@ -279,9 +387,7 @@ def nonlinear_transform(x: Tensor, generator: torch.Generator | None = None, whi
     xs, ys = bezier_curve(pts, n)
     xs, ys = xs.sort(dim=1).values, ys.sort(dim=1).values
     ys = torch.where(r[:, 4:] < 0.5, ys.flip(1), ys)  # inverted (decreasing) map
-    out = x.clone()
-    out[idx] = apply_curve(x[idx], xs, ys)
-    return out
+    return _apply_curve_(x, idx, xs, ys, 4097)
 
 
 # ----------------------------------------------------------------------------- painting
@@ -319,15 +425,35 @@ def paint_boxes(x: Tensor, boxes: Tensor, mode: str, generator: torch.Generator 
     _check_rows(boxes, x, "boxes")
     if mode not in ("inpaint", "outpaint"):
         raise ValueError(f"mode={mode!r} must be 'inpaint' or 'outpaint'")
+    return _paint_(x.clone(), boxes, mode, generator)
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device, dtype) -> Tensor:
+    # U(0, 1) noise; on CPU numpy's PCG64 (seeded from the generator) is faster than torch.rand
+    if torch.device(device).type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return _rand(*shape, generator=generator, device=device, dtype=dtype)
+    gen_dev = generator.device if generator is not None else "cpu"
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_dev))
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return torch.from_numpy(rng.random(shape, dtype=np.float32 if dtype == torch.float32 else np.float64))
+
+
+def _paint_(x: Tensor, boxes: Tensor, mode: str, generator: torch.Generator | None) -> Tensor:
+    # in place. A sample has at most a few boxes, so box by box slicing beats building a mask.
     if len(boxes) == 0:
-        return x.clone()
-    boxes = boxes.to(x.device)
+        return x
+    d = x.ndim - 2
     sel, local = torch.unique(boxes[:, 0], return_inverse=True)  # painted samples
-    mask = boxes_to_mask(torch.cat([local[:, None], boxes[:, 1:]], 1), (len(sel), *x.shape[1:]))[:, None]
-    noise = _rand(len(sel), *x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
-    out = x.clone()
-    out[sel] = torch.where(mask if mode == "inpaint" else ~mask, noise, x[sel])
-    return out
+    noise = _uniform((len(sel), *x.shape[1:]), generator, x.device, x.dtype)
+    for (s, *box), i in zip(boxes.tolist(), local.tolist()):
+        region = (slice(None), *[slice(o, o + size) for o, size in zip(box[:d], box[d:])])
+        if mode == "inpaint":
+            x[s][region] = noise[i][region]
+        else:  # the union of the boxes keeps the input
+            noise[i][region] = x[s][region]
+    if mode == "outpaint":
+        x[sel.to(x.device)] = noise.to(x.device)
+    return x
 
 
 def inpaint(x: Tensor, generator: torch.Generator | None = None, which: Tensor | None = None) -> Tensor:
@@ -398,9 +524,10 @@ class GenesisCorruption:
         dev = x.device
         target = flip(x, plan["flip_axes"].to(dev))
         out = local_pixel_shuffle(target, generator, self.shuffle_blocks, self.shuffle_max_frac, plan["shuffle"])
-        out = nonlinear_transform(out, generator, plan["nonlinear"])
-        out = inpaint(out, generator, plan["inpaint"])
-        out = outpaint(out, generator, plan["outpaint"])
+        # ``out`` is a new tensor: the remaining steps work on it in place
+        _nonlinear_(out, generator, plan["nonlinear"])
+        for mode in ("inpaint", "outpaint"):
+            _paint_(out, draw_paint_boxes(out, mode, generator, plan[mode]), mode, generator)
         return out, target
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
