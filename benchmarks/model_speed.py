@@ -45,7 +45,7 @@ def best_times(fns, repeats: int) -> list[float]:
 def all_tokens_step(mae, enc_mask_token, x, mask_ratio):
     """Baseline: the encoder runs on every token (masked ones replaced), then the same decoder/loss."""
     enc = mae.encoder
-    t = enc.patch_embed(x).flatten(2).transpose(1, 2) + enc.pos_embed[:, 1:]  # [N, L, D]
+    t = enc.patch_embed(enc.patch_pixels(x)) + enc.pos_embed[:, 1:]  # [N, L, D]
     _, mask, _ = enc.random_masking(t, mask_ratio)
     t = torch.where(mask[..., None].bool(), enc_mask_token.to(t.dtype), t)
     t = torch.cat([(enc.cls_token + enc.pos_embed[:, :1]).expand(len(t), -1, -1), t], dim=1)

@@ -138,6 +138,29 @@ def test_encoder_sees_only_visible_tokens():
     assert out4["tokens"].shape == (2, 65, 48) and out4["mask"] is None and out4["ids_restore"] is None
 
 
+@pytest.mark.parametrize("dims, channels", [(3, 2), (2, 3)])
+def test_patch_embedding_is_the_strided_conv(dims, channels):
+    enc = ViTEncoder(dims, (16,) * dims, 4, channels, embed_dim=24, depth=1, num_heads=2)
+    x = torch.randn(2, channels, *(16,) * dims)
+    conv = torch.nn.functional.conv3d if dims == 3 else torch.nn.functional.conv2d
+    reference = conv(x, enc.patch_embed.weight, enc.patch_embed.bias, stride=4).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(enc.patch_embed(enc.patch_pixels(x)), reference)
+
+
+def test_masked_encoder_embeds_visible_patches_like_the_full_grid():
+    enc = ViTEncoder(3, (16, 16, 16), 4, 1, embed_dim=24, depth=2, num_heads=2).eval()
+    x = torch.randn(3, 1, 16, 16, 16)
+    torch.manual_seed(5)
+    out = enc(x, mask_ratio=0.75)
+    torch.manual_seed(5)  # the same masking noise, applied to the embedded full grid
+    kept, mask, ids_restore = enc.random_masking(enc.patch_embed(enc.patch_pixels(x)) + enc.pos_embed[:, 1:], 0.75)
+    t = torch.cat([(enc.cls_token + enc.pos_embed[:, :1]).expand(3, -1, -1), kept], dim=1)
+    for blk in enc.blocks:
+        t = blk(t)
+    torch.testing.assert_close(out["tokens"], enc.norm(t))
+    assert torch.equal(out["mask"], mask) and torch.equal(out["ids_restore"], ids_restore)
+
+
 def test_return_hidden_and_drop_path():
     enc = ViTEncoder(**dict(TINY3D, depth=4), drop_path_rate=0.5)
     assert enc.blocks[0].drop_path1.__class__.__name__ == "Identity"

@@ -1,6 +1,7 @@
 """ViT encoder for 2D / 3D inputs, shared by MAE pre-training, UNETR and the ViT classifier.
 
-Style of facebookresearch/mae: timm ``Block``s, a Conv patch embedding, a cls token, fixed
+Style of facebookresearch/mae: timm ``Block``s, a patch embedding (a strided conv
+written as a linear map of patches, so masked inputs embed only their visible patches), a cls token, fixed
 sin-cos position embeddings and per-sample random masking of patch tokens.
 """
 
@@ -35,6 +36,26 @@ def init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+class PatchEmbed(nn.Module):
+    """ViT's strided-conv patch embedding as a linear map of flattened patches.
+
+    The weight keeps the conv's ``[D, C, p, .., p]`` shape (and state-dict names), but the input is
+    ``[N, L, C * p**d]`` patches (:meth:`ViTEncoder.patch_pixels`), so a masked MAE embeds only
+    its visible patches.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, embed_dim: int, patch_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(embed_dim, in_channels, *[patch_size] * spatial_dims))
+        self.bias = nn.Parameter(torch.empty(embed_dim))
+        bound = (in_channels * patch_size ** spatial_dims) ** -0.5
+        nn.init.xavier_uniform_(self.weight.view(embed_dim, -1))  # like a linear layer, as in MAE
+        nn.init.uniform_(self.bias, -bound, bound)  # a conv's default
+
+    def forward(self, patches: Tensor) -> Tensor:
+        return F.linear(patches, self.weight.flatten(1), self.bias)
 
 
 def check_grid(spatial_dims: int, img_size: Iterable[int], patch_size: int) -> tuple[int, ...]:
@@ -111,8 +132,7 @@ class ViTEncoder(nn.Module):
         self.in_channels, self.embed_dim, self.depth = in_channels, embed_dim, depth
         self.num_patches = math.prod(self.grid_size)
 
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.patch_embed = conv(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(spatial_dims, in_channels, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         pos = torch.from_numpy(sincos_pos_embed(embed_dim, self.grid_size))[None]
         self.pos_embed = nn.Parameter(pos, requires_grad=learnable_pos_embed)  # [1, 1 + L, D]
@@ -124,10 +144,16 @@ class ViTEncoder(nn.Module):
         ])
         self.norm = norm_layer(embed_dim)
 
-        w = self.patch_embed.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a linear layer, as in MAE
         nn.init.normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
+
+    def patch_pixels(self, x: Tensor) -> Tensor:
+        """``[N, C, *spatial]`` -> ``[N, L, C * p**d]``: each patch's pixels in the patch embedding
+        weight's ``(C, p, .., p)`` order, patches in the order of the embedded tokens."""
+        n, c, d, p = x.shape[0], x.shape[1], self.spatial_dims, self.patch_size
+        x = x.reshape(n, c, *[v for g in self.grid_size for v in (g, p)])  # [N, C, g0, p, g1, p, (g2, p)]
+        x = x.permute(0, *range(2, 2 + 2 * d, 2), 1, *range(3, 3 + 2 * d, 2))  # [N, g.., C, p..]
+        return x.reshape(n, self.num_patches, c * p ** d)
 
     def random_masking(self, x: Tensor, mask_ratio: float, noise: Tensor | None = None):
         """Keep a random ``int(L * (1 - mask_ratio))`` tokens per sample.
@@ -171,11 +197,13 @@ class ViTEncoder(nn.Module):
         bad = [i for i in return_hidden if not 1 <= i <= self.depth]
         if bad:
             raise ValueError(f"return_hidden={return_hidden}: block indices must be in 1..{self.depth}")
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # x: [N, L, D]
-        x = x + self.pos_embed[:, 1:]
+        patches, pos = self.patch_pixels(x), self.pos_embed[:, 1:]  # [N, L, C * p**d], [1, L, D]
         mask = ids_restore = None
-        if mask_ratio > 0:
-            x, mask, ids_restore = self.random_masking(x, mask_ratio)
+        if mask_ratio > 0:  # embed the visible patches only: the embedding is per patch
+            patches, mask, ids_restore = self.random_masking(patches, mask_ratio)
+            ids_keep = ids_restore.argsort(dim=1)[:, :patches.shape[1]]  # kept tokens, in masking order
+            pos = self.pos_embed[0, 1:][ids_keep]  # [N, L_keep, D]
+        x = self.patch_embed(patches) + pos  # x: [N, L_keep, D]
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # x: [N, 1 + L_keep, D]
         hidden = []
