@@ -167,9 +167,9 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synt
 @pytest.mark.parametrize(
     "preset, source, roi, weights, extra",
     [
-        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", "corruption.where=worker"),
-        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", "corruption.where=data"),
-        ("tiny_mae2d", "synthetic:cxr:16", "[32,32]", "encoder.safetensors", "seed=0"),
+        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", ["corruption.where=worker"]),
+        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", ["corruption.where=data"]),
+        ("tiny_mae2d", "synthetic:cxr:16", "[32,32]", "encoder.safetensors", []),
     ],
 )
 def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synthetic_dir, preset, source, roi, weights, extra):
@@ -180,7 +180,7 @@ def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synt
         "pretrain",
         preset=preset,
         overrides=[f"data.source={source}", f"data.synthetic_dir={synthetic_dir}", f"data.roi={roi}", "max_steps=4",
-                   "batch_size=4", f"run.storage_path={tmp_path}", "run.name=r", "run.log_every=1", "scale.cpus_per_worker=0.5", extra],
+                   "batch_size=4", f"run.storage_path={tmp_path}", "run.name=r", "run.log_every=1", "scale.cpus_per_worker=0.5", *extra],
     )
     run_dir = Path(pretrain(cfg))
     result = json.loads((run_dir / "result.json").read_text())

@@ -98,21 +98,14 @@ def build_engine(
 def full_state_dict(engine, keep: bool = True) -> dict[str, torch.Tensor]:
     """The full fp32 weights (``state_dict`` keys); ``{}`` where ``keep`` is false.
 
-    Under ZeRO-3 this is a collective (every rank calls it) that gathers one module's parameters at
-    a time, so no rank ever holds more than the copy it keeps plus one layer.
+    Under ZeRO-3 this is a collective (every rank calls it) that gathers one parameter at a time, so
+    no rank ever holds more than the copy it keeps plus one parameter; otherwise the gather is a no-op.
     """
-    module = engine.module
-    if engine.zero_optimization_stage() != 3:
-        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()} if keep else {}
     import deepspeed
 
     out = {}
-    for prefix, sub in module.named_modules():
-        with deepspeed.zero.GatheredParameters(list(sub.parameters(recurse=False)), modifier_rank=None):
-            if not keep:
-                continue
-            tensors = [*sub.named_parameters(recurse=False),
-                       *((n, b) for n, b in sub.named_buffers(recurse=False) if n not in sub._non_persistent_buffers_set)]
-            for name, t in tensors:
-                out[f"{prefix}.{name}" if prefix else name] = t.detach().float().cpu().clone()
+    for name, t in engine.module.state_dict(keep_vars=True).items():
+        with deepspeed.zero.GatheredParameters(t, modifier_rank=None):
+            if keep:
+                out[name] = t.detach().float().cpu().clone()
     return out
