@@ -85,8 +85,17 @@ def main():
     p.add_argument("--patches", type=int, default=8, help="random crops per volume")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workdir", default=None, help="where phantoms and the cache go (default: a temp dir)")
+    p.add_argument("--workdir", default=None, help="where phantoms and the cache go, kept "
+                   "(default: a temporary directory removed at the end)")
     args = p.parse_args()
+    if args.workdir:
+        run_benchmark(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="rayssl-bench-") as work:
+            run_benchmark(args, work)
+
+
+def run_benchmark(args: argparse.Namespace, work: str) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cores = os.cpu_count() or 1
 
@@ -97,7 +106,6 @@ def main():
     from rayssl.data.pipeline import patch_dataset, prepare
     from rayssl.data.synthetic import make_ct_phantoms
 
-    work = args.workdir or tempfile.mkdtemp(prefix="rayssl-bench-")
     root = make_ct_phantoms(os.path.join(work, "ct"), n=args.cases, seed=0)
     # the train split of the default 5-fold split: all three read exactly these cases
     data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=tuple(args.roi), patches_per_volume=args.patches,

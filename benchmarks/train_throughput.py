@@ -144,8 +144,18 @@ def main() -> None:
     p.add_argument("--skip-zero", action="store_true")
     p.add_argument("--skip-genesis", action="store_true")
     p.add_argument("--unet-base", type=int, default=8, help="U-Net base channels for (f) (32 in the paper)")
+    p.add_argument("--keep", metavar="DIR", help="write the runs to DIR and keep them (default: a temporary "
+                   "directory removed at the end; the ZeRO runs' checkpoints take several GB)")
     args = p.parse_args()
-    tmp = tempfile.mkdtemp(prefix="rayssl-bench-")
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        run_benchmarks(args, os.path.abspath(args.keep))
+    else:
+        with tempfile.TemporaryDirectory(prefix="rayssl-bench-") as tmp:
+            run_benchmarks(args, tmp)
+
+
+def run_benchmarks(args: argparse.Namespace, tmp: str) -> None:
     n = args.batch * (args.steps + 2)
 
     if not args.skip_throughput:
@@ -189,6 +199,7 @@ def main() -> None:
                       f"   (peak RSS {last['peak_mem_mb_max']:.0f} MB)")
             print(f"[{allocator}] ratio ZeRO-2 / ZeRO-0 = {mem[2] / mem[0]:.3f}")
             print(f"[{allocator}] ratio ZeRO-3 / ZeRO-0 = {mem[3] / mem[0]:.3f}   (target <= 0.6)")
+    ray.shutdown()
 
 if __name__ == "__main__":
     main()

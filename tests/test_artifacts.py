@@ -31,3 +31,8 @@ def test_remote_run_dir_is_staged_uploaded_and_resumed(tmp_path):
     resumed.sync()
     lines = (tmp_path / "bucket" / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    staging = resumed.local
+    assert staging.is_dir()
+    del resumed
+    assert not staging.exists()  # the staging folder goes with its RunFiles
+    assert (tmp_path / "bucket" / "run" / "metrics.jsonl").is_file()

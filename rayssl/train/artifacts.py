@@ -1,13 +1,16 @@
 """Files of a run (metrics, previews, exported weights, result) in a local or remote run directory.
 
 Files are written to a local folder: the run directory itself when it is local, otherwise a
-staging folder that ``sync()`` uploads to the ``s3://`` / ``gs://`` run directory.
+staging folder that ``sync()`` uploads to the ``s3://`` / ``gs://`` run directory and that is
+removed when the ``RunFiles`` object goes away.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +28,8 @@ class RunFiles:
         self.run_dir = str(run_dir)
         self.remote = is_uri(self.run_dir)
         self.local = Path(tempfile.mkdtemp(prefix="rayssl-run-")) if self.remote else Path(self.run_dir)
+        if self.remote:
+            weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
         self.local.mkdir(parents=True, exist_ok=True)
         if self.remote and pull_metrics:  # a resumed run appends to the metrics already uploaded
             fs, root = open_uri(self.run_dir)
