@@ -44,7 +44,9 @@ def test_roundtrip_bit_identical(ray_session, tmp_path):
             assert r["image"].tobytes() == ref["image"].tobytes()  # bit-identical
             np.testing.assert_array_equal(r["label"], ref["label"])
 
-    batches = list(read_patches(str(tmp_path), "train").select_columns(["image"]).iter_torch_batches(batch_size=4))
+    ds = read_patches(str(tmp_path), "train")
+    assert ds.context.use_datasource_v2 is False  # rayssl's settings (rayssl.data.context)
+    batches = list(ds.select_columns(["image"]).iter_torch_batches(batch_size=4))
     assert sum(b["image"].shape[0] for b in batches) == len(data["train"])
     assert tuple(batches[0]["image"].shape[1:]) == (2, 6, 5, 4)
 

@@ -7,7 +7,6 @@ local folder or an ``s3://`` / ``gs://`` URI (``pyarrow.fs``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import posixpath
@@ -15,6 +14,7 @@ import posixpath
 import pyarrow.fs as pafs
 import ray.data
 
+from rayssl.data.context import dataset_context
 from rayssl.data.io import open_uri
 
 MANIFEST = "manifest.json"
@@ -106,23 +106,5 @@ def read_patches(path: str, split: str = "train") -> ray.data.Dataset:
     folder = posixpath.join(root, split)
     files = [f for f in fs.get_file_info(pafs.FileSelector(folder)) if f.path.endswith(".parquet")]
     # one read task and block per shard: splitting small shards further only adds scheduling overhead
-    with _file_reader_v1():
+    with dataset_context(parquet_v1=True):
         return ray.data.read_parquet(folder, filesystem=fs, override_num_blocks=max(1, len(files)))
-
-
-@contextlib.contextmanager
-def _file_reader_v1():
-    # Ray 2.60's default (v2) Parquet reader adds a file-listing task (~2 s per execution here) and
-    # packs a small cache into one block, so streaming starts late and cannot spread over Train
-    # workers; the v1 reader streams one block per file from the first second. The dataset keeps
-    # the context it was created with, so the switch stays local to this dataset.
-    ctx = ray.data.DataContext.get_current()
-    old = getattr(ctx, "use_datasource_v2", None)
-    if old is None:
-        yield
-        return
-    ctx.use_datasource_v2 = False
-    try:
-        yield
-    finally:
-        ctx.use_datasource_v2 = old

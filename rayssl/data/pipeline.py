@@ -29,6 +29,7 @@ import ray.data
 import rayssl
 from rayssl.config import DataConfig, PrepareConfig, dump_config
 from rayssl.data.cache import QUARANTINE, delete_split, join, read_manifest, read_patches, write_json, write_patches
+from rayssl.data.context import dataset_context
 from rayssl.data.io import BadInput, is_uri, open_uri
 from rayssl.data.patches import case_rng, sample_patches
 from rayssl.data.recipes import RECIPES, load_case
@@ -111,7 +112,8 @@ def _listing(cases: list[Case]) -> ray.data.Dataset:
     # per CPU keep every core busy
     cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else (os.cpu_count() or 1)
     blocks = max(2 * cpus, math.ceil(len(cases) / CASES_PER_BLOCK))
-    return ray.data.from_items(_items(cases), override_num_blocks=max(1, min(len(cases), blocks, MAX_BLOCKS)))
+    with dataset_context():
+        return ray.data.from_items(_items(cases), override_num_blocks=max(1, min(len(cases), blocks, MAX_BLOCKS)))
 
 
 def _select(source: Source, split: str | list[str], data: DataConfig) -> list[Case]:
