@@ -51,8 +51,10 @@ def monai_loader(root, roi, patches, workers, batch_size):
     ds = Dataset(items, transform)
     # each item yields `patches` crops; list_data_collate flattens them into one batch
     per_item = max(1, batch_size // patches)
-    return DataLoader(ds, batch_size=per_item, shuffle=True, num_workers=workers, collate_fn=list_data_collate,
-                      persistent_workers=workers > 0), len(items) * patches
+    # forkserver: forking this process once Ray's threads run can deadlock a worker's queue
+    loader = DataLoader(ds, batch_size=per_item, shuffle=True, num_workers=workers, collate_fn=list_data_collate,
+                        persistent_workers=workers > 0, multiprocessing_context="forkserver" if workers > 0 else None)
+    return loader, len(items) * patches
 
 
 def consume(batches) -> int:
