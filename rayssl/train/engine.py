@@ -92,7 +92,37 @@ def build_engine(
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
         # one worker has nothing to average; DeepSpeed would still flatten and copy every gradient
         engine.enable_backward_allreduce = False
+    share_fp32_master_partitions(engine.optimizer)
     return engine
+
+
+def share_fp32_master_partitions(optimizer) -> int:
+    """Under ZeRO-3 in fp32, let the optimiser step the parameter partitions in place.
+
+    ZeRO-3 keeps an fp32 master copy of each flat parameter partition unless the partition is
+    already fp32 on the optimiser's device, in which case the master is meant to be the partition
+    itself (DeepSpeed 0.19's ``_create_fp32_partitions``; its step then copies the master onto
+    itself). Its test compares a ``torch.device`` with a device name string, which is never equal,
+    so fp32 training kept a redundant copy: a fifth of ZeRO-3's model states. This makes each such
+    master an alias of its partition, as DeepSpeed intends. Returns the bytes freed (0 for other
+    stages and for bf16, where the master is a real fp32 copy).
+    """
+    low = getattr(optimizer, "fp16_partitioned_groups_flat", None)
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    if not low or not masters:
+        return 0
+    freed = 0
+    for part, master in zip(low, masters):
+        if (
+            part is not None
+            and part.dtype == master.dtype
+            and part.device == master.device
+            and part.shape == master.shape
+            and part.data_ptr() != master.data_ptr()
+        ):
+            freed += master.numel() * master.element_size()
+            master.data = part.data
+    return freed
 
 
 def full_state_dict(engine, keep: bool = True) -> dict[str, torch.Tensor]:
