@@ -12,7 +12,8 @@ ZeRO: peak memory above the process baseline (model, gradients, optimiser state,
     on GPU it is ``torch.cuda.max_memory_allocated``. On CPU the rows are measured twice: with glibc's
     default malloc, whose adaptive mmap threshold keeps freed tensors in a fragmented heap, and with
     a fixed threshold (``MALLOC_MMAP_THRESHOLD_``), where freed tensors go back to the OS and RSS
-    follows the tensors actually alive.
+    follows the tensors actually alive. Each row also gives samples/s over steps 6-10, the price of
+    the fixed threshold.
 (f) Models Genesis corruptions on the training worker (``corruption.where=worker``) vs in a Ray Data
     task before the batch reaches it (``where=data``): U-Net on 64 x 64 x 32 sub-volumes, batch 6,
     1 worker with 1 CPU (the machine's other CPUs are Ray Data's); steady samples/s, runs alternated.
@@ -191,12 +192,12 @@ def run_benchmarks(args: argparse.Namespace, tmp: str) -> None:
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
             mem = {}
             for stage in (0, 2, 3):
-                cfg = config(tmp, f"zero{stage}-{len(env)}", "base", 96, 16, 1, 3, 2, stage, 0.5)  # CPU left to Ray Data
+                cfg = config(tmp, f"zero{stage}-{len(env)}", "base", 96, 16, 1, 10, 2, stage, 0.5)  # CPU left to Ray Data
                 run_dir = pretrain(cfg, dataset=in_memory_dataset(8, 96))
                 last = json.loads((Path(run_dir) / "metrics.jsonl").read_text().splitlines()[-1])
                 mem[stage] = last["train_mem_mb_max"]
                 print(f"[{allocator}] ZeRO-{stage}: training memory per worker (max of 2) {mem[stage]:8.0f} MB"
-                      f"   (peak RSS {last['peak_mem_mb_max']:.0f} MB)")
+                      f"   (peak RSS {last['peak_mem_mb_max']:.0f} MB, {last['samples_per_s']:.2f} samples/s)")
             print(f"[{allocator}] ratio ZeRO-2 / ZeRO-0 = {mem[2] / mem[0]:.3f}")
             print(f"[{allocator}] ratio ZeRO-3 / ZeRO-0 = {mem[3] / mem[0]:.3f}   (target <= 0.6)")
     ray.shutdown()
