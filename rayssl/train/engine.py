@@ -96,7 +96,7 @@ def build_engine(
     return engine
 
 
-def share_fp32_master_partitions(optimizer) -> int:
+def share_fp32_master_partitions(optimizer) -> None:
     """Under ZeRO-3 in fp32, let the optimiser step the parameter partitions in place.
 
     ZeRO-3 keeps an fp32 master copy of each flat parameter partition unless the partition is
@@ -104,14 +104,11 @@ def share_fp32_master_partitions(optimizer) -> int:
     itself (DeepSpeed 0.19's ``_create_fp32_partitions``; its step then copies the master onto
     itself). Its test compares a ``torch.device`` with a device name string, which is never equal,
     so fp32 training kept a redundant copy: a fifth of ZeRO-3's model states. This makes each such
-    master an alias of its partition, as DeepSpeed intends. Returns the bytes freed (0 for other
-    stages and for bf16, where the master is a real fp32 copy).
+    master an alias of its partition, as DeepSpeed intends. Other stages, and bf16 (where the master
+    is a real fp32 copy), are left alone.
     """
-    low = getattr(optimizer, "fp16_partitioned_groups_flat", None)
-    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
-    if not low or not masters:
-        return 0
-    freed = 0
+    low = getattr(optimizer, "fp16_partitioned_groups_flat", None) or []
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None) or []
     for part, master in zip(low, masters):
         if (
             part is not None
@@ -120,9 +117,7 @@ def share_fp32_master_partitions(optimizer) -> int:
             and part.shape == master.shape
             and part.data_ptr() != master.data_ptr()
         ):
-            freed += master.numel() * master.element_size()
             master.data = part.data
-    return freed
 
 
 def full_state_dict(engine, keep: bool = True) -> dict[str, torch.Tensor]:
