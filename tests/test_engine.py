@@ -35,6 +35,19 @@ def zero3_engine(model: nn.Module, optim: OptimConfig):
     )
 
 
+def step_both(engine, reference: nn.Module, ref_opt, x: torch.Tensor) -> float:
+    """One training step of the engine and of the plain torch reference; their losses must agree."""
+    loss = engine(x).pow(2).mean()
+    engine.backward(loss)
+    engine.step()
+    ref_loss = reference(x).pow(2).mean()
+    ref_opt.zero_grad()
+    ref_loss.backward()
+    ref_opt.step()
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    return loss.item()
+
+
 def test_zero3_fp32_steps_parameter_partitions_in_place(one_rank_group, tmp_path):
     torch.manual_seed(0)
     model = mlp()
@@ -50,17 +63,7 @@ def test_zero3_fp32_steps_parameter_partitions_in_place(one_rank_group, tmp_path
     # and the updates are those of a plain torch AdamW on the same model
     ref_opt = make_optimizer(optim, 1e-3)(param_groups(reference, optim.weight_decay))
     x = torch.randn(8, 256)
-    losses = []
-    for _ in range(3):
-        loss = engine(x).pow(2).mean()
-        engine.backward(loss)
-        engine.step()
-        ref_loss = reference(x).pow(2).mean()
-        ref_opt.zero_grad()
-        ref_loss.backward()
-        ref_opt.step()
-        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
-        losses.append(loss.item())
+    losses = [step_both(engine, reference, ref_opt, x) for _ in range(3)]
     assert losses[-1] < losses[0]
     weights = full_state_dict(engine)
     for name, value in reference.state_dict().items():
@@ -71,11 +74,4 @@ def test_zero3_fp32_steps_parameter_partitions_in_place(one_rank_group, tmp_path
     restored = zero3_engine(mlp(), optim)
     restore_engine(restored, tmp_path / "ckpt")
     for _ in range(2):
-        loss = restored(x).pow(2).mean()
-        restored.backward(loss)
-        restored.step()
-        ref_loss = reference(x).pow(2).mean()
-        ref_opt.zero_grad()
-        ref_loss.backward()
-        ref_opt.step()
-        assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+        step_both(restored, reference, ref_opt, x)
