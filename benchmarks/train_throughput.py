@@ -1,7 +1,7 @@
 """Training throughput and memory, side by side in one run, with ratios.
 
     python benchmarks/train_throughput.py [--size small] [--roi 64] [--patch 16] [--batch 4] [--steps 30]
-                                          [--skip-throughput] [--skip-zero] [--skip-genesis] [--unet-base 8]
+                                          [--skip-throughput] [--skip-zero]
 
 (a) rayssl's Ray Train + DeepSpeed loop on 1 worker vs (b) a plain single-process PyTorch loop: the
     same 3D MAE, batch, optimiser and in-memory data; steady-state samples/s (first window of each run
@@ -14,9 +14,6 @@ ZeRO: peak memory above the process baseline (model, gradients, optimiser state,
     a fixed threshold (``MALLOC_MMAP_THRESHOLD_``), where freed tensors go back to the OS and RSS
     follows the tensors actually alive. Each row also gives samples/s over steps 6-10, the price of
     the fixed threshold.
-(f) Models Genesis corruptions on the training worker (``corruption.where=worker``) vs in a Ray Data
-    task before the batch reaches it (``where=data``): U-Net on 64 x 64 x 32 sub-volumes, batch 6,
-    1 worker with 1 CPU (the machine's other CPUs are Ray Data's); steady samples/s, runs alternated.
 (c)-(e) (MAE on visible vs all tokens, Genesis corruption vectorised vs a loop): benchmarks/model_speed.py.
 """
 
@@ -78,33 +75,11 @@ def config(tmp: str, name: str, size: str, roi: int, patch: int, batch: int, ste
     )
 
 
-def genesis_config(tmp: str, name: str, where: str, base: int, steps: int) -> PretrainConfig:
-    return load_config(
-        PretrainConfig,
-        "pretrain",
-        preset="tiny_genesis",
-        overrides=[
-            "data.roi=[64,64,32]",
-            f"model.unet_base_channels={base}",
-            f"corruption.where={where}",
-            "batch_size=6",
-            f"max_steps={steps}",
-            "epochs=1000",
-            "scale.num_workers=1",
-            "scale.cpus_per_worker=1",
-            "run.log_every=5",
-            f"run.checkpoint_every={10**6}",
-            "run.preview_every=0",
-            f"run.storage_path={tmp}",
-            f"run.name={name}",
-        ],
-    )
-
-
 def in_memory_dataset(n: int, roi: int | tuple[int, ...]) -> ray.data.Dataset:
     shape = (roi,) * 3 if isinstance(roi, int) else roi
-    x = np.random.default_rng(0).random((n, 1, *shape), dtype=np.float32)
-    return ray.data.from_numpy(x).rename_columns({"data": "image"})
+    # volumes of the ROI's shape: each is one crop per epoch
+    rng = np.random.default_rng(0)
+    return ray.data.from_items([{"case_id": f"v{i}", "image": rng.random((1, *shape), dtype=np.float32)} for i in range(n)])
 
 
 def steady_rate(run_dir: str) -> float:
@@ -143,8 +118,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads for (a) and (b) (cpus per worker)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-zero", action="store_true")
-    p.add_argument("--skip-genesis", action="store_true")
-    p.add_argument("--unet-base", type=int, default=8, help="U-Net base channels for (f) (32 in the paper)")
     p.add_argument("--keep", metavar="DIR", help="write the runs to DIR and keep them (default: a temporary "
                    "directory removed at the end; the ZeRO runs' checkpoints take several GB)")
     args = p.parse_args()
@@ -172,19 +145,6 @@ def run_benchmarks(args: argparse.Namespace, tmp: str) -> None:
         print(f"(a) Ray Train + DeepSpeed, 1 worker : {rate_a:8.2f} samples/s")
         print(f"(b) plain PyTorch loop              : {rate_b:8.2f} / {rate_b2:8.2f} samples/s (before / after)")
         print(f"ratio (a)/(b) = {rate_a / baseline:.3f}   (target >= 0.95)")
-
-    if not args.skip_genesis:
-        ray.shutdown()
-        ray.init(include_dashboard=False, log_to_driver=False)
-        rates: dict[str, list[float]] = {"worker": [], "data": []}
-        for i, where in enumerate(["worker", "data", "worker", "data"]):
-            cfg = genesis_config(tmp, f"genesis-{where}-{i}", where, args.unet_base, args.steps)
-            rates[where].append(steady_rate(pretrain(cfg, dataset=in_memory_dataset(6 * (args.steps + 2), (64, 64, 32)))))
-        w, d = max(rates["worker"]), max(rates["data"])
-        print(f"(f) Genesis U-Net (base {args.unet_base}) 64x64x32, batch 6, 1 worker with 1 CPU")
-        print(f"    corruptions on the worker : {' / '.join(f'{r:.2f}' for r in rates['worker'])} samples/s")
-        print(f"    corruptions in Ray Data   : {' / '.join(f'{r:.2f}' for r in rates['data'])} samples/s")
-        print(f"    ratio data / worker = {d / w:.3f}")
 
     if not args.skip_zero:
         for allocator, env in ALLOCATORS.items():

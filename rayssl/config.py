@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPES = ("ct_btcv", "ct_genesis", "mri_brats", "cxr", "none")
-SAMPLINGS = ("random", "balanced", "genesis", "grid")
+RECIPES = ("ct_btcv", "ct_genesis", "mri_brats", "mri_genesis", "cxr", "none")
+SAMPLINGS = ("random", "balanced", "genesis", "tissue", "grid")
 
 
 class ConfigError(ValueError):
@@ -33,21 +33,45 @@ class DataConfig(Strict):
 
     source: str = "synthetic:ct:8"
     """``synthetic:ct|mri|cxr[:N]``, a path (auto-detected), or ``msd:``/``folder:``/``csv:``/``cxr14:`` + path."""
-    recipe: Literal["ct_btcv", "ct_genesis", "mri_brats", "cxr", "none"] | None = None
+    recipe: Literal["ct_btcv", "ct_genesis", "mri_brats", "mri_genesis", "cxr", "none"] | None = None
     """Preprocessing recipe; ``None`` picks the source's natural one."""
     spacing: tuple[float, ...] | None = None
     """Target voxel spacing in mm; ``None`` keeps the recipe default."""
     roi: tuple[int, ...] = (96, 96, 96)
     """Patch (sub-volume) shape: 3 ints for volumes, 2 for images."""
     patches_per_volume: int = Field(4, ge=1)
-    sampling: Literal["random", "balanced", "genesis", "grid"] = "random"
+    sampling: Literal["random", "balanced", "genesis", "tissue", "grid"] = "random"
+    """``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
+    prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT without lungs such
+    as the synthetic abdominal phantoms (``tiny_genesis``, and ``genesis_btcv``'s self pre-training on
+    BTCV); see :func:`rayssl.data.patches.sample_patches`."""
     pos_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """``balanced`` sampling: fraction of patches centred on a labelled voxel."""
     air_threshold: float = 0.15
-    """``genesis`` sampling: intensity (after windowing) below which a voxel counts as air."""
+    """``tissue`` sampling: intensity (after windowing) at or below which a voxel counts as air."""
     min_tissue_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    """``genesis`` sampling: reject crops with a smaller fraction of non-air voxels."""
+    """``tissue`` sampling: reject crops with a smaller fraction of non-air voxels."""
+    genesis_hu: float = -150.0
+    """``genesis`` sampling: HU at or above which a voxel counts as dense (not lung), placed on the
+    [0, 1] scale by ``data.recipe``'s window (Models Genesis ``HU_thred``; ``ct_genesis``: 0.425)."""
+    genesis_threshold: float | None = None
+    """``genesis`` sampling: that threshold given directly on the intensity scale after preprocessing
+    (overrides ``genesis_hu``; needed for a recipe without an HU window)."""
+    genesis_max_fraction: float = Field(0.15, ge=0.0, le=1.0)
+    """``genesis`` sampling: reject crops whose depth-weighted fraction of dense voxels is larger
+    (Models Genesis ``lung_max``)."""
+    genesis_margin: tuple[int, ...] | None = None
+    """``genesis`` sampling: least distance in voxels of a crop from the volume's borders, per spatial
+    axis, shrunk on an axis too short for it; ``None``: none. ``genesis_chest_ct`` and ``genesis_ct``
+    use the reference's ``[100, 100, 30]`` (``len_border``, ``len_border_z``, at LUNA16's native spacing)."""
     grid_overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    flip_prob: float = Field(0.0, ge=0.0, le=1.0)
+    """Flip each training crop along each spatial axis (2D: the horizontal axis) with this probability;
+    drawn anew every epoch with the crop (SelfMedMAE's 3D MAE pre-training: 0.2)."""
+    keep_volumes: bool = True
+    """Keep the preprocessed training volumes in Ray's object store for the run (preprocessed once; Ray
+    spills them to disk when the store is full). ``False`` streams them, preprocessing every epoch again.
+    Not used with ``cache_dir`` (the cache is streamed from disk every epoch)."""
     splits: list[Literal["train", "val", "test"]] = ["train"]
     """Which splits to emit patches for."""
     folds: int = Field(5, ge=2)
@@ -59,7 +83,7 @@ class DataConfig(Strict):
     """Turn any quarantined input into an error."""
     patch_dtype: Literal["float32", "float16"] = "float32"
     cache_dir: str | None = None
-    """Parquet shards of patches written by ``prepare_data``; when set, training reads them."""
+    """Preprocessed volumes written by ``prepare_data`` (Parquet); when set, training crops from them."""
     synthetic_dir: str | None = None
     """Where synthetic phantoms are written (default ``~/.cache/rayssl/synthetic``)."""
 
@@ -73,6 +97,16 @@ class DataConfig(Strict):
             raise ValueError(f"val_fold={self.val_fold} must be < folds={self.folds}")
         if self.test_fold is not None and (self.test_fold >= self.folds or self.test_fold == self.val_fold):
             raise ValueError(f"test_fold={self.test_fold} must be < folds and differ from val_fold")
+        if self.genesis_margin is not None and (len(self.genesis_margin) != len(self.roi) or min(self.genesis_margin) < 0):
+            raise ValueError(f"genesis_margin must be {len(self.roi)} non-negative ints like roi, got {self.genesis_margin}")
+        if self.sampling == "genesis" and self.genesis_threshold is None:
+            from rayssl.data.recipes import get_recipe  # lazy: imports torch
+
+            if self.recipe is None or get_recipe(self.recipe).window is None:
+                raise ValueError(
+                    f"sampling=genesis places genesis_hu={self.genesis_hu:g} HU with data.recipe's HU window, but "
+                    f"data.recipe={self.recipe!r} has none: set data.recipe (e.g. ct_genesis) or data.genesis_threshold"
+                )
         return self
 
 
@@ -82,7 +116,8 @@ class PrepareConfig(Strict):
     data: DataConfig = DataConfig()
     out: str | None = None
     """Output directory or ``s3://`` / ``gs://`` URI of the Parquet shards and manifest."""
-    rows_per_file: int = Field(256, ge=1)
+    rows_per_file: int = Field(4, ge=1)
+    """Preprocessed volumes per Parquet file."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -215,13 +250,8 @@ class ModelConfig(Strict):
 
 
 class CorruptionConfig(Strict):
-    """Models Genesis corruption probabilities (paper defaults) and where they run.
+    """Models Genesis corruption probabilities (paper defaults), drawn on the training worker."""
 
-    ``where``: ``worker`` corrupts each batch on the training worker's device; ``data`` corrupts it in
-    a Ray Data task before it reaches the worker (on CPUs the cluster has spare), unseeded.
-    """
-
-    where: Literal["worker", "data"] = "worker"
     flip_prob: float = Field(0.4, ge=0.0, le=1.0)
     shuffle_prob: float = Field(0.5, ge=0.0, le=1.0)
     nonlinear_prob: float = Field(0.9, ge=0.0, le=1.0)
@@ -303,6 +333,16 @@ class PretrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimiser steps (for smoke tests); ``None``: run all epochs."""
 
+    @model_validator(mode="after")
+    def _check_pretrain(self) -> "PretrainConfig":
+        # Models Genesis needs [0, 1] intensities; with data.recipe=None the source picks the recipe and
+        # the driver calls rayssl.data.recipes.check_genesis_recipe on it before Ray starts
+        if self.model.method == "genesis" and self.data.recipe is not None:
+            from rayssl.data.recipes import check_genesis_recipe  # lazy: imports torch
+
+            check_genesis_recipe(self.data.recipe)
+        return self
+
 
 # --------------------------------------------------------------------------- fine-tuning
 
@@ -318,7 +358,8 @@ class FinetuneModelConfig(Strict):
     feature_size: int = Field(16, ge=1)
     """UNETR decoder width."""
     hidden_blocks: list[int] | None = None
-    """UNETR skip connections: 1-based encoder blocks (``None``: 3, 6, 9 for ViT-B/16, evenly spaced otherwise)."""
+    """UNETR skip connections: increasing 1-based encoder blocks (``None``: 4, 7, 10 for depth 12 and
+    patch 16, MONAI's ``hidden_states_out[3], [6], [9]``; ``models.unetr.default_hidden_blocks`` otherwise)."""
     pool: Literal["cls", "mean"] = "cls"
     """Classifier: the cls token or the mean of the patch tokens."""
     unet_base_channels: int = Field(32, ge=1)

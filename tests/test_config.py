@@ -1,6 +1,6 @@
 import pytest
 
-from rayssl.config import ConfigError, DataConfig, PrepareConfig, load_config, parse_override
+from rayssl.config import ConfigError, DataConfig, PrepareConfig, PretrainConfig, load_config, parse_override
 
 
 def test_override_parses_dotted_keys_and_yaml_values():
@@ -44,3 +44,31 @@ def test_unknown_preset_and_missing_file_are_clear(tmp_path):
 def test_malformed_override():
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("data.roi")
+
+
+def test_genesis_needs_a_unit_range_recipe():
+    with pytest.raises(ConfigError, match=r"data\.recipe='mri_brats'.*mri_genesis"):
+        load_config(PretrainConfig, "pretrain", overrides=["model.method=genesis", "data.recipe=mri_brats"])
+    with pytest.raises(ValueError, match=r"data\.recipe='mri_brats'"):
+        PretrainConfig(model={"method": "genesis"}, data={"recipe": "mri_brats"})
+    cfg = load_config(PretrainConfig, "pretrain", overrides=["model.method=genesis", "data.recipe=mri_genesis"])
+    assert cfg.data.recipe == "mri_genesis"
+    PretrainConfig(model={"method": "genesis"})  # recipe None: the source picks it, the driver checks
+    PretrainConfig(data={"recipe": "mri_brats"})  # MAE takes z-scores
+
+
+def test_genesis_sampling_fields():
+    chest = load_config(PretrainConfig, "pretrain", "genesis_chest_ct").data
+    assert chest.sampling == "genesis" and chest.genesis_margin == (100, 100, 30)
+    assert chest.genesis_hu == -150.0 and chest.genesis_max_fraction == 0.15
+    assert load_config(PretrainConfig, "pretrain", "tiny_genesis").data.sampling == "tissue"
+    assert load_config(PrepareConfig, "prepare", "genesis_ct").data.genesis_margin == (100, 100, 30)
+    with pytest.raises(ValueError, match="genesis_margin"):
+        DataConfig(roi=(64, 64, 32), genesis_margin=(100, 30))
+    # the -150 HU threshold needs an HU window: no recipe, or an MRI one, is an error unless given directly
+    with pytest.raises(ValueError, match=r"data\.recipe.*data\.genesis_threshold"):
+        DataConfig(sampling="genesis")
+    with pytest.raises(ValueError, match="genesis_threshold"):
+        DataConfig(sampling="genesis", recipe="mri_genesis")
+    DataConfig(sampling="genesis", recipe="mri_genesis", genesis_threshold=0.5)
+    DataConfig(sampling="tissue")

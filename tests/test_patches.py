@@ -91,11 +91,11 @@ def test_balanced_all_positive():
     assert all((p["label"] > 0).any() for p in patches)
 
 
-def test_genesis_rejects_mostly_air():
+def test_tissue_rejects_mostly_air():
     vol = _volume(shape=(40, 32, 16), label=False)
     vol["image"][:] = 0.0  # air everywhere ...
     vol["image"][:, 24:] = 0.6  # ... except the last 16 slabs along x (40% of the volume is tissue)
-    data = _data(sampling="genesis", air_threshold=0.15, min_tissue_fraction=0.5, patches_per_volume=30)
+    data = _data(sampling="tissue", air_threshold=0.15, min_tissue_fraction=0.5, patches_per_volume=30)
     patches = sample_patches(vol, data, case_rng(0, "g"))
     assert len(patches) == 30
     for p in patches:
@@ -106,15 +106,115 @@ def test_genesis_rejects_mostly_air():
     assert any(float((p["image"] > 0.15).mean()) < 0.5 for p in rand)
 
 
-def test_genesis_keeps_best_when_nothing_passes():
+def test_tissue_keeps_best_when_nothing_passes():
     vol = _volume(shape=(24, 24, 8), label=False)
     vol["image"][:] = 0.0
     vol["image"][:, :2, :2] = 1.0  # a tiny tissue column: no crop reaches 50 %
-    data = _data(sampling="genesis", min_tissue_fraction=0.5, patches_per_volume=3)
+    data = _data(sampling="tissue", min_tissue_fraction=0.5, patches_per_volume=3)
     patches = sample_patches(vol, data, case_rng(0, "g"))
     assert len(patches) == 3
     assert all(p["tissue_fraction"] < 0.5 for p in patches)  # the flag: kept below the minimum
     assert max(p["tissue_fraction"] for p in patches) > 0.0  # the best candidate found, not any
+    assert all("dense_fraction" not in p for p in patches)
+
+
+LUNG, TISSUE = 0.2, 0.55  # ct_genesis scale: -600 HU (lung) and +100 HU (soft tissue)
+THRESHOLD = (-150.0 + 1000.0) / 2000.0  # -150 HU on the -1000..1000 HU window: 0.425
+
+
+def _reference_fraction(volume, origin, roi, threshold=THRESHOLD, len_depth=3):
+    # the Models Genesis rule written out voxel by voxel (infinite_generator_3D.py): the first of the
+    # next len_depth slices at or above the threshold gives weight 1 - k / (len_depth - 1)
+    x0, y0, z0 = origin
+    window = volume[x0 : x0 + roi[0], y0 : y0 + roi[1], z0 : z0 + roi[2] + len_depth].tolist()
+    total = 0.0
+    for i in range(roi[0]):
+        for j in range(roi[1]):
+            for d in range(roi[2]):
+                for k in range(len_depth):
+                    if d + k < len(window[i][j]) and window[i][j][d + k] >= threshold:
+                        total += 1.0 - k / (len_depth - 1)
+                        break
+    return total / (roi[0] * roi[1] * roi[2])
+
+
+def test_genesis_fraction_by_hand():
+    from rayssl.data.patches import _genesis_fraction
+
+    vol = np.full((1, 8, 8, 8), LUNG, np.float32)
+    vol[0, :, :, 2] = TISSUE  # crop slices 0..3: weights 0, 0.5 (dense next), 1, 0 -> 1.5 / 4
+    vol[0, :4, :, 4] = TISSUE  # past the crop: half of slice 3 looks ahead onto it -> + 0.5 * 0.5
+    frac = _genesis_fraction(vol, (0, 0, 0), (8, 8, 4), THRESHOLD)
+    assert frac == pytest.approx((0.0 + 0.5 + 1.0 + 0.25) / 4)
+    assert frac == pytest.approx(_reference_fraction(vol[0], (0, 0, 0), (8, 8, 4)))
+    # a voxel two slices ahead weighs 0 (k = len_depth - 1), like none found
+    vol[0, :, :, 2] = LUNG
+    assert _genesis_fraction(vol, (0, 0, 0), (8, 8, 2), THRESHOLD) == 0.0
+
+
+def _chest(shape=(48, 40, 24), seed=0):
+    # left half lung-like, right half soft tissue, a few dense voxels scattered in the lung
+    rng = np.random.default_rng(seed)
+    image = np.full((1, *shape), LUNG, np.float32) + rng.normal(0, 0.02, (1, *shape)).astype(np.float32)
+    image[:, shape[0] // 2 :] = TISSUE
+    image[0][rng.random(shape) < 0.03] = TISSUE
+    return {"case_id": "chest", "split": "train", "image": image, "label": None, "target": None}
+
+
+def test_genesis_keeps_lung_rejects_soft_tissue():
+    vol = _chest()
+    data = _data(sampling="genesis", recipe="ct_genesis", patches_per_volume=30)
+    patches = sample_patches(vol, data, case_rng(0, "chest"))
+    assert len(patches) == 30
+    for p in patches:
+        ref = _reference_fraction(vol["image"][0], tuple(p["origin"]), data.roi)
+        assert ref <= 0.15 and p["dense_fraction"] == pytest.approx(ref, abs=1e-6)
+        assert p["origin"][0] + data.roi[0] <= 24  # within the lung half
+        assert "tissue_fraction" not in p
+    # random crops on this volume do include soft-tissue ones, which the rule rejects
+    rand = sample_patches(vol, data.model_copy(update={"sampling": "random"}), case_rng(0, "chest"))
+    assert any(_reference_fraction(vol["image"][0], tuple(p["origin"]), data.roi) > 0.15 for p in rand)
+    # the tissue rule (what genesis sampling did before) keeps soft-tissue crops the reference rejects
+    tissue = sample_patches(vol, data.model_copy(update={"sampling": "tissue"}), case_rng(0, "chest"))
+    assert any(_reference_fraction(vol["image"][0], tuple(p["origin"]), data.roi) > 0.15 for p in tissue)
+
+
+def test_genesis_threshold_follows_the_recipe_window():
+    from rayssl.data.patches import genesis_threshold
+
+    assert genesis_threshold(_data(sampling="genesis", recipe="ct_genesis")) == pytest.approx(0.425)
+    assert genesis_threshold(_data(sampling="genesis", recipe="ct_btcv")) == pytest.approx(25.0 / 425.0)
+    assert genesis_threshold(_data(sampling="genesis", recipe="mri_genesis", genesis_threshold=0.3)) == 0.3
+
+
+def test_genesis_keeps_best_and_flags_when_nothing_passes():
+    vol = _chest()
+    vol["image"][:] = TISSUE  # no lung anywhere
+    vol["image"][0, :6, :6] = LUNG  # a corner of lung: the best crops overlap it, none passes
+    data = _data(sampling="genesis", recipe="ct_genesis", patches_per_volume=3)
+    patches = sample_patches(vol, data, case_rng(0, "chest"))
+    assert len(patches) == 3
+    assert all(p["dense_fraction"] > 0.15 for p in patches)  # the flag: kept above the maximum
+    assert min(p["dense_fraction"] for p in patches) < 1.0  # the best candidate found, not any
+
+
+def test_genesis_margins():
+    vol = _chest(shape=(80, 70, 30))
+    vol["image"][:] = LUNG  # every crop passes: only the margins constrain the origins
+    data = _data(sampling="genesis", recipe="ct_genesis", genesis_margin=(20, 15, 6), patches_per_volume=200)
+    origins = np.stack([p["origin"] for p in sample_patches(vol, data, case_rng(0, "m"))])
+    for axis, (s, r, m) in enumerate(zip((80, 70, 30), data.roi, (20, 15, 6))):
+        assert origins[:, axis].min() >= m and origins[:, axis].max() + r <= s - m
+        assert origins[:, axis].max() - origins[:, axis].min() >= (s - r - 2 * m) // 2  # still spread out
+    # the reference's margins (100, 100, 30) on a small volume shrink instead of failing
+    small = _chest(shape=(30, 20, 12))
+    small["image"][:] = LUNG
+    data = _data(sampling="genesis", recipe="ct_genesis", genesis_margin=(100, 100, 30), patches_per_volume=20)
+    origins = np.stack([p["origin"] for p in sample_patches(small, data, case_rng(0, "m"))])
+    assert origins.shape == (20, 3)
+    for axis, (s, r) in enumerate(zip((30, 20, 12), data.roi)):
+        m = (s - r) // 2  # as far in as the volume allows
+        assert origins[:, axis].min() >= m and origins[:, axis].max() + r <= s - m
 
 
 def test_grid_origins_hand_computed():

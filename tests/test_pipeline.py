@@ -5,11 +5,11 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from ray.data.dataset import MaterializedDataset
 
 from rayssl.config import DataConfig, PrepareConfig
-from rayssl.data.cache import read_manifest, read_patches
-from rayssl.data.patches import case_rng, sample_patches
-from rayssl.data.pipeline import QuarantineError, case_dataset, patch_dataset, prepare, train_dataset
+from rayssl.data.cache import read_manifest, read_volumes
+from rayssl.data.pipeline import QuarantineError, case_dataset, prepare, train_volumes
 from rayssl.data.recipes import load_case
 from rayssl.data.sources import resolve_source
 from rayssl.data.synthetic import make_ct_phantoms, make_cxr_phantoms
@@ -50,49 +50,45 @@ def _data(source, **kw):
 
 def test_prepare_roundtrip(ray_session, phantoms, tmp_path):
     data = _data(phantoms)
-    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache"), rows_per_file=4))
+    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache"), rows_per_file=1))
     manifest = read_manifest(out)
     source = resolve_source(data)
-    assert manifest["roi"] == list(ROI) and manifest["patch_shape"] == [1, *ROI] and manifest["dtype"] == "float32"
-    assert manifest["source_kind"] == "msd" and manifest["recipe"]["name"] == "ct_btcv"
-    assert manifest["spacing"] == [1.5, 1.5, 2.0] and manifest["channels"] == 1
+    assert manifest["format"] == "rayssl-volumes/1" and manifest["dtype"] == "float32"
+    assert manifest["source_kind"] == "msd" and manifest["recipe"] == "ct_btcv"
+    assert manifest["spacing"] == [1.5, 1.5, 2.0] and manifest["channels"] == 1 and manifest["spatial_dims"] == 3
     assert manifest["labels"]["1"] == source.labels[1] and manifest["quarantined"] == []
     assert json.loads((tmp_path / "cache" / "quarantine.json").read_text()) == []
 
-    rows = {}
     for split in ("train", "val"):
-        cases = [c for c in source.cases if c.split == split]
-        got = read_patches(out, split).take_all()
-        # manifest counts match the rows read back
-        assert manifest["splits"][split]["patches"] == len(got) == 3 * len(cases)
-        assert manifest["splits"][split]["cases"] == len({r["case_id"] for r in got}) == len(cases)
-        rows.update({(r["case_id"], tuple(r["origin"])): r for r in got})
-    assert manifest["splits"]["train"]["files"] >= 2  # rows_per_file=4 bounds each shard
+        cases = {c.case_id: c for c in source.cases if c.split == split}
+        got = read_volumes(out, split).take_all()
+        # manifest counts match the rows read back; rows_per_file=1 gives one file per case
+        assert manifest["splits"][split]["cases"] == len(got) == len(cases) == manifest["splits"][split]["files"]
+        for row in got:  # bit-identical to preprocessing the case in-process
+            ref = load_case(cases[row["case_id"]], "ct_btcv")
+            assert row["image"].dtype == np.float32 and row["image"].tobytes() == ref["image"].tobytes()
+            np.testing.assert_array_equal(row["label"], ref["label"])
 
-    # bit-identical to sampling the same case in-process with the same seed
-    case = source.cases[0]
-    for ref in sample_patches(load_case(case, "ct_btcv"), data, case_rng(data.seed, case.case_id, 0)):
-        r = rows[(case.case_id, tuple(ref["origin"]))]
-        assert r["image"].dtype == np.float32 and r["image"].tobytes() == ref["image"].tobytes()
-        np.testing.assert_array_equal(r["label"], ref["label"])
-
-    # training reads the cache when cache_dir is set, and streams torch batches
+    # training reads the cache when cache_dir is set: the volumes with the columns asked for
     cached = data.model_copy(update={"cache_dir": out})
-    batch = next(iter(train_dataset(cached, "train").select_columns(["image", "label"]).iter_torch_batches(batch_size=5)))
-    assert tuple(batch["image"].shape) == (5, 1, *ROI) and tuple(batch["label"].shape) == (5, *ROI)
-    with pytest.raises(ValueError, match="holds roi"):
-        train_dataset(cached.model_copy(update={"roi": (8, 8, 8)}), "train")
+    rows = train_volumes(cached, ["image", "label"]).take_all()
+    assert {r["case_id"] for r in rows} == {c.case_id for c in source.split("train")}
+    assert set(rows[0]) == {"case_id", "image", "label"}
+    with pytest.raises(ValueError, match=r"preprocessed with spacing \[1.5, 1.5, 2.0\] \(config: \[1.0, 1.0, 1.0\]\)"):
+        train_volumes(cached.model_copy(update={"spacing": (1.0, 1.0, 1.0)}), ["image"])
+    with pytest.raises(ValueError, match="preprocessed with recipe 'ct_btcv' \\(config: 'ct_genesis'\\)"):
+        train_volumes(cached.model_copy(update={"recipe": "ct_genesis"}), ["image"])
 
 
-def test_streamed_patches_match_cache_and_change_per_epoch(ray_session, phantoms):
+def test_train_volumes_kept_in_object_store_or_streamed(ray_session, phantoms):
     data = _data(phantoms)
-    first = patch_dataset(data, "val", epoch=0).select_columns(["case_id", "origin", "image"]).take_all()
-    again = {(r["case_id"], tuple(r["origin"])) for r in patch_dataset(data, "val", epoch=0).take_all()}
-    later = {(r["case_id"], tuple(r["origin"])) for r in patch_dataset(data, "val", epoch=1).take_all()}
-    keys = {(r["case_id"], tuple(r["origin"])) for r in first}
-    assert len(first) == 3 * sum(c.split == "val" for c in resolve_source(data).cases)
-    assert keys == again and keys != later
-    assert all(r["image"].shape == (1, *ROI) for r in first)
+    kept = train_volumes(data, ["image"])
+    streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])
+    assert isinstance(kept, MaterializedDataset)
+    assert not isinstance(streamed, MaterializedDataset)
+    a = {r["case_id"]: r["image"] for r in kept.take_all()}
+    b = {r["case_id"]: r["image"] for r in streamed.take_all()}
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
 
 
 def test_case_dataset_whole_volumes(ray_session, phantoms):
@@ -108,7 +104,7 @@ def test_case_dataset_whole_volumes(ray_session, phantoms):
 
 
 def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys):
-    data = _data(bad_dataset, sampling="genesis", min_tissue_fraction=0.9)
+    data = _data(bad_dataset)
     out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")))
     manifest = read_manifest(out)
     listed = json.loads((tmp_path / "cache" / "quarantine.json").read_text())
@@ -121,19 +117,16 @@ def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys)
     # the 4 good cases all made it
     good = sum(manifest["splits"][s]["cases"] for s in ("train", "val"))
     assert good == 4
-    assert sum(manifest["splits"][s]["patches"] for s in ("train", "val")) == 4 * 3
+    assert sum(read_volumes(out, s).count() for s in ("train", "val")) == 4
     assert "quarantined 3 of 7 inputs (see quarantine.json)" in capsys.readouterr().out
-    # genesis sampling: the manifest counts the crops kept although below the tissue minimum
-    fractions = read_patches(out, "train").select_columns(["tissue_fraction"]).to_pandas()["tissue_fraction"]
-    assert manifest["splits"]["train"]["below_min_tissue_fraction"] == int((fractions < 0.9).sum())
 
 
 def test_2d_images_carry_targets(ray_session, tmp_path):
     root = make_cxr_phantoms(tmp_path / "cxr", n=6, seed=0, size=64)
     data = DataConfig(source=f"cxr14:{root}", roi=(224, 224), splits=["train"])
     source = resolve_source(data)
-    rows = patch_dataset(data, ["train", "val", "test"]).take_all()
-    assert len(rows) == len(source.cases)  # one row per image: the roi is the whole resized image
+    rows = case_dataset(data, ["train", "val", "test"]).take_all()
+    assert len(rows) == len(source.cases)  # one row per image, resized to 224
     targets = {c.case_id: c.target for c in source.cases}
     for r in rows:
         assert r["image"].shape == (1, 224, 224) and 0.0 <= r["image"].min() and r["image"].max() <= 1.0
@@ -156,8 +149,8 @@ def test_strict_mode_raises_naming_every_bad_input(ray_session, bad_dataset, tmp
 def test_eager_argument_errors(bad_dataset):
     # no Ray work: these fail while building the dataset
     with pytest.raises(QuarantineError, match="missing.nii.gz: file not found"):
-        patch_dataset(_data(bad_dataset, strict=True))
+        case_dataset(_data(bad_dataset, strict=True))
     with pytest.raises(ValueError, match=r"roi \(16, 16\) has 2 axes but source .* holds 3D images"):
-        patch_dataset(_data(bad_dataset).model_copy(update={"roi": (16, 16)}))
+        case_dataset(_data(bad_dataset).model_copy(update={"roi": (16, 16)}))
     with pytest.raises(ValueError, match="split must be one or more of"):
-        patch_dataset(_data(bad_dataset), split="training")
+        case_dataset(_data(bad_dataset), split="training")

@@ -167,8 +167,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synt
 @pytest.mark.parametrize(
     "preset, source, roi, weights, extra",
     [
-        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", ["corruption.where=worker"]),
-        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", ["corruption.where=data"]),
+        ("tiny_genesis", "synthetic:ct:4", "[32,32,32]", "unet.safetensors", []),
         ("tiny_mae2d", "synthetic:cxr:16", "[32,32]", "encoder.safetensors", []),
     ],
 )
@@ -189,16 +188,3 @@ def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synt
     assert meta["method"] == cfg.model.method and meta["spatial_dims"] == len(cfg.data.roi)
     losses = [r["loss"] for r in metrics(run_dir)]
     assert len(losses) == 4 and all(0 < v < 10 for v in losses)
-
-
-def test_corrupt_in_data_returns_corrupted_images_and_their_targets():
-    from rayssl.train.methods import corrupt_in_data
-
-    image = np.random.default_rng(0).random((2, 1, 40, 40, 20), dtype=np.float32)  # blocks up to 4x4x2
-    out = corrupt_in_data({"image": image}, {"flip_prob": 0.0, "shuffle_prob": 1.0, "nonlinear_prob": 0.0,
-                                             "paint_prob": 0.0, "where": "data"})
-    assert set(out) == {"image", "target"} and out["image"].shape == out["target"].shape == image.shape
-    np.testing.assert_array_equal(out["target"], image)  # no flips: the target is the input
-    assert not np.array_equal(out["image"], image)  # shuffled...
-    for got, original in zip(out["image"], image):  # ...by moving each sample's own voxels around
-        assert np.isin(got, original).all()

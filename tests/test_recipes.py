@@ -105,6 +105,39 @@ def test_mri_brats_zscore_over_nonzero():
         np.testing.assert_allclose(v, ref, atol=1e-4)
 
 
+def test_mri_genesis_percentile_rescale_hand_computed():
+    rng = np.random.default_rng(0)
+    image = np.zeros((2, 8, 8, 8), np.float32)
+    image[0, 2:6, 2:6, 2:6] = rng.uniform(100, 500, size=(4, 4, 4))
+    image[1, 2:6, 2:6, 2:6] = rng.uniform(-50, 1200, size=(4, 4, 4))
+    out, _, spacing, _ = preprocess("mri_genesis", image, None, _affine())
+    assert out.shape == (2, 8, 8, 8) and out.dtype == np.float32 and spacing == pytest.approx((1.0, 1.0, 1.0))
+    inside = image[0] != 0
+    for c in range(2):
+        lo, hi = np.percentile(image[c][inside], [0.5, 99.5])  # of the non-zero voxels only
+        np.testing.assert_allclose(out[c][inside], np.clip((image[c][inside] - lo) / (hi - lo), 0, 1), atol=1e-6)
+        assert (out[c][~inside] == 0).all()  # background stays 0, even below lo
+
+
+def test_unit_range_and_genesis_forms():
+    from rayssl.data.recipes import check_genesis_recipe, genesis_recipe, hu_to_intensity, in_unit_range
+
+    assert [n for n in RECIPES if in_unit_range(n)] == ["ct_btcv", "ct_genesis", "mri_genesis", "cxr"]
+    assert genesis_recipe("ct_btcv") == "ct_btcv" and genesis_recipe("ct_genesis") == "ct_genesis"
+    assert genesis_recipe("mri_brats") == "mri_genesis" and genesis_recipe("mri_genesis") == "mri_genesis"
+    with pytest.raises(ValueError, match="'none'"):
+        genesis_recipe("none")
+    check_genesis_recipe("mri_genesis")
+    with pytest.raises(ValueError, match=r"data\.recipe='mri_brats'.*mri_genesis"):
+        check_genesis_recipe("mri_brats")
+    with pytest.raises(ValueError, match=r"data\.recipe='none'"):
+        check_genesis_recipe("none")
+    assert hu_to_intensity("ct_genesis", -150.0) == pytest.approx(0.425)
+    assert hu_to_intensity("ct_btcv", -1000.0) == 0.0
+    with pytest.raises(ValueError, match="no HU window"):
+        hu_to_intensity("mri_genesis", -150.0)
+
+
 def test_cxr_histogram_equalisation():
     i, j = np.mgrid[0:300, 0:200]
     image = ((((i / 299 + j / 199) / 2) ** 3) * 255)[None].astype(np.float32)  # smooth, mostly dark
@@ -246,3 +279,9 @@ def test_synthetic_ct_and_mri_end_to_end(tmp_path):
     assert out["image"].shape == (4, 32, 32, 32) and set(np.unique(out["label"])) <= {0, 1, 2, 3}
     brain = out["image"][0] != 0
     assert abs(out["image"][2][brain].mean()) < 1e-4
+    # the Models Genesis form: every channel in [0, 1], spanning it, background 0
+    img = load_case(mri.cases[0], "mri_genesis")["image"]
+    assert img.shape == (4, 32, 32, 32)
+    for ch in img:
+        assert ch.min() >= 0.0 and ch.max() <= 1.0 and ch.max() == pytest.approx(1.0)
+        assert (ch[~brain] == 0).mean() > 0.99

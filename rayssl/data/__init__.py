@@ -1,4 +1,5 @@
-"""Reading, preprocessing and patchifying medical images; Ray Data pipelines; the Parquet patch cache.
+"""Reading, preprocessing and patchifying medical images; Ray Data pipelines; the Parquet volume cache;
+fresh crops every epoch on the training workers.
 
 Names are imported lazily, so ``import rayssl.data.io`` does not pull in Ray.
 """
@@ -18,11 +19,11 @@ _EXPORTS = {
     "QuarantineLog": "pipeline",
     "QuarantineError": "pipeline",
     "case_dataset": "pipeline",
-    "patch_dataset": "pipeline",
-    "train_dataset": "pipeline",
+    "train_volumes": "pipeline",
+    "epoch_batches": "crops",
     "prepare": "pipeline",
-    "read_patches": "cache",
+    "read_volumes": "cache",
     "read_manifest": "cache",
-    "write_patches": "cache",
+    "write_volumes": "cache",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,8 @@
-"""Parquet cache of patches: one folder of shards per split plus ``manifest.json``.
+"""Parquet cache of preprocessed volumes: one folder of shards per split plus ``manifest.json``.
 
-Tensor columns (``image``, ``label``, ``origin``, ...) are written with Ray's Arrow tensor extension
-type, so they come back as tensors of the same dtype and shape, bit-identically. ``out`` may be a
+Each row is one case (``image`` ``[C, *spatial]``, ``label``, ``affine``, ...). Tensor columns are written
+with Ray's Arrow tensor extension type (variable-shaped across cases), so they come back with the same
+dtype and shape, bit-identically. Training cuts new crops from them every epoch. ``out`` may be a
 local folder or an ``s3://`` / ``gs://`` URI (``pyarrow.fs``).
 """
 
@@ -18,6 +19,7 @@ from rayssl.data.context import dataset_context
 from rayssl.data.io import open_uri
 
 MANIFEST = "manifest.json"
+VOLUME_FORMAT = "rayssl-volumes/1"
 QUARANTINE = "quarantine.json"
 
 
@@ -26,11 +28,11 @@ def join(root: str, *parts: str) -> str:
     return posixpath.join(str(root), *parts) if "://" in str(root) else os.path.join(root, *parts)
 
 
-def write_patches(ds: ray.data.Dataset, out: str, split: str, rows_per_file: int = 256) -> str:
-    """Stream a patch dataset into ``<out>/<split>/*.parquet`` (zstd), replacing that split.
+def write_volumes(ds: ray.data.Dataset, out: str, split: str, rows_per_file: int = 4) -> str:
+    """Stream a dataset of volumes into ``<out>/<split>/*.parquet`` (zstd), replacing that split.
 
     Args:
-        ds: rows ``{"image": [C, *roi], "label"?, "target"?, "case_id", "split", "origin"}``.
+        ds: rows ``{"image": [C, *spatial], "label"?, "target"?, "case_id", "split", ...}``.
         out: the cache root, local or ``s3://`` / ``gs://``.
         split: sub-folder name (``train``, ``val``, ``test``).
         rows_per_file: upper bound of rows per Parquet file.
@@ -66,19 +68,19 @@ def write_json(out: str, name: str, obj) -> str:
 
 
 def read_manifest(path: str) -> dict:
-    """The ``manifest.json`` of a patch cache.
+    """The ``manifest.json`` of a volume cache.
 
     Args:
         path: the cache root (or the manifest file itself).
 
     Raises:
-        ValueError: no manifest there (not a finished patch cache) or not valid JSON.
+        ValueError: no manifest there (not a finished volume cache) or not valid JSON.
     """
     fs, p = open_uri(path)
     if not p.endswith(".json"):
         p = posixpath.join(p, MANIFEST)
     if fs.get_file_info(p).type != pafs.FileType.File:
-        raise ValueError(f"{path!r} is not a patch cache: {MANIFEST} not found (run jobs/prepare_data.py first)")
+        raise ValueError(f"{path!r} is not a volume cache: {MANIFEST} not found (run jobs/prepare_data.py first)")
     with fs.open_input_stream(p) as f:
         try:
             return json.loads(f.readall())
@@ -86,8 +88,8 @@ def read_manifest(path: str) -> dict:
             raise ValueError(f"{path!r}: {MANIFEST} is not valid JSON: {e}") from None
 
 
-def read_patches(path: str, split: str = "train") -> ray.data.Dataset:
-    """Stream the patches of one split from a cache written by ``prepare``.
+def read_volumes(path: str, split: str = "train") -> ray.data.Dataset:
+    """Stream the volumes of one split from a cache written by ``prepare``.
 
     Args:
         path: the cache root, local or ``s3://`` / ``gs://``.
@@ -100,8 +102,8 @@ def read_patches(path: str, split: str = "train") -> ray.data.Dataset:
     available = sorted(manifest.get("splits", {}))
     if split not in available:
         raise ValueError(f"cache {path!r} has no split {split!r}; available: {', '.join(available) or 'none'}")
-    if not manifest["splits"][split].get("patches"):
-        raise ValueError(f"cache {path!r}: split {split!r} has no patches (every case was quarantined?)")
+    if not manifest["splits"][split].get("cases"):
+        raise ValueError(f"cache {path!r}: split {split!r} has no cases (every case was quarantined?)")
     fs, root = open_uri(path)
     folder = posixpath.join(root, split)
     files = [f for f in fs.get_file_info(pafs.FileSelector(folder)) if f.path.endswith(".parquet")]

@@ -1,4 +1,4 @@
-"""Patch (sub-volume) sampling from one preprocessed case: random, balanced, Models Genesis, grid.
+"""Patch (sub-volume) sampling from one preprocessed case: random, balanced, Models Genesis, tissue, grid.
 
 Pure numpy, no Ray: :func:`sample_patches` is what the Ray Data pipeline calls once per case.
 A case is the dict :func:`rayssl.data.recipes.load_case` returns (``image`` ``[C, *spatial]``).
@@ -15,7 +15,10 @@ import numpy as np
 from rayssl.config import DataConfig
 
 GENESIS_MAX_ATTEMPTS = 50
-"""``genesis`` sampling: candidate crops drawn per patch before the best one found is kept."""
+"""``genesis`` / ``tissue`` sampling: candidate crops drawn per patch before the best one found is kept
+(Models Genesis ``infinite_generator_3D.py`` gives a scan ``50 * scale`` draws for ``scale`` crops)."""
+GENESIS_LOOKAHEAD = 3
+"""``genesis`` sampling: slices searched along depth per voxel (Models Genesis ``len_depth``)."""
 
 
 def case_rng(seed: int, case_id: str, epoch: int = 0) -> np.random.Generator:
@@ -110,8 +113,8 @@ def _tissue_fraction(image: np.ndarray, origin, roi, threshold: float) -> float:
     return float((crop > threshold).mean())
 
 
-def _genesis(rng, image, n, data: DataConfig, shape, roi) -> list[tuple[tuple[int, ...], float]]:
-    # Models Genesis: redraw a crop that is mostly air; after GENESIS_MAX_ATTEMPTS keep the best one
+def _tissue(rng, image, n, data: DataConfig, shape, roi) -> list[tuple[tuple[int, ...], float]]:
+    # redraw a crop that is mostly air; after GENESIS_MAX_ATTEMPTS keep the one with most tissue
     picked = []
     for _ in range(n):
         best, best_frac = None, -1.0
@@ -126,16 +129,90 @@ def _genesis(rng, image, n, data: DataConfig, shape, roi) -> list[tuple[tuple[in
     return picked
 
 
+def genesis_threshold(data: DataConfig, recipe: str | None = None) -> float:
+    """``genesis`` sampling: the intensity at or above which a voxel is dense (not lung).
+
+    ``data.genesis_threshold`` when set, else ``data.genesis_hu`` (-150 HU) through the recipe's window:
+    Models Genesis ``infinite_generator_3D.py`` ``HU_thred = (-150 - hu_min) / (hu_max - hu_min)`` with
+    its -1000..1000 HU window, 0.425 for ``ct_genesis``.
+
+    Args:
+        data: the sampling parameters.
+        recipe: the case's recipe (default ``data.recipe``).
+    """
+    if data.genesis_threshold is not None:
+        return float(data.genesis_threshold)
+    recipe = recipe or data.recipe
+    if recipe is None:
+        raise ValueError("sampling=genesis needs data.recipe (its HU window places data.genesis_hu) or data.genesis_threshold")
+    from rayssl.data.recipes import hu_to_intensity  # lazy: the recipes import torch
+
+    return hu_to_intensity(recipe, data.genesis_hu)
+
+
+def _genesis_fraction(image: np.ndarray, origin, roi, threshold: float) -> float:
+    # Models Genesis infinite_generator_3D.py, infinite_generator_from_one_volume: per voxel (i, j, d),
+    # k = the first of the slices d, d+1, .., d+len_depth-1 along depth (the last axis) that is
+    # >= HU_thred (k = len_depth-1 when none is), weight 1 - k / (len_depth-1); a crop is rejected when
+    # sum(weights) > lung_max * rows * cols * deps. The look-ahead reads the slices past the crop; at the
+    # volume's end, slices past it count as not dense (the reference keeps len_depth slices spare instead).
+    box = tuple(slice(o, o + r) for o, r in zip(origin[:-1], roi[:-1]))
+    z0, depth = origin[-1], roi[-1]
+    dense = image[(slice(None), *box, slice(z0, z0 + depth + GENESIS_LOOKAHEAD - 1))] >= threshold
+    found = np.zeros((*dense.shape[:-1], depth), bool)
+    weight = np.zeros(found.shape, np.float64)
+    for k in range(GENESIS_LOOKAHEAD):
+        hit = np.zeros_like(found)
+        ahead = dense[..., k : k + depth]
+        hit[..., : ahead.shape[-1]] = ahead
+        weight[hit & ~found] = 1.0 - k / (GENESIS_LOOKAHEAD - 1)
+        found |= hit
+    return float(weight.mean())
+
+
+def _margin_range(s: int, r: int, m: int) -> tuple[int, int]:
+    # start indices [lo, hi] at least m from both borders; m shrinks on an axis too short for r + 2 m
+    m = min(m, (s - r) // 2)
+    return m, s - r - m
+
+
+def _genesis(rng, image, n, data: DataConfig, shape, roi, threshold: float) -> list[tuple[tuple[int, ...], float]]:
+    # Models Genesis chest CT crops (infinite_generator_3D.py): uniform starts at least len_border /
+    # len_border_z (data.genesis_margin) from the borders, rejected while the depth-weighted fraction of
+    # dense voxels exceeds lung_max (data.genesis_max_fraction); after GENESIS_MAX_ATTEMPTS the crop with
+    # the smallest fraction is kept (the reference instead drops the scan's missing crops)
+    margin = data.genesis_margin or (0,) * len(roi)
+    ranges = [_margin_range(s, r, m) for s, r, m in zip(shape, roi, margin)]
+    picked = []
+    for _ in range(n):
+        best, best_frac = None, 2.0
+        for _ in range(GENESIS_MAX_ATTEMPTS):
+            origin = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in ranges)
+            frac = _genesis_fraction(image, origin, roi, threshold)
+            if frac < best_frac:
+                best, best_frac = origin, frac
+            if frac <= data.genesis_max_fraction:
+                break
+        picked.append((best, best_frac))
+    return picked
+
+
 def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> list[dict]:
     """Cut one preprocessed case into patches.
 
     Modes (``data.sampling``): ``random`` uniform crops; ``balanced`` a fraction ``data.pos_fraction`` of
     crops centred on a random labelled voxel (> 0), the rest uniform (all uniform when the case has no
-    foreground); ``genesis`` uniform crops whose fraction of voxels above ``data.air_threshold`` is at
-    least ``data.min_tissue_fraction`` (each patch carries ``tissue_fraction``; a value below the minimum
-    flags a case where no crop passed after ``GENESIS_MAX_ATTEMPTS`` draws); ``grid`` every sliding-window
-    tile (``data.grid_overlap``). Volumes smaller than the ROI are padded, never skipped. When the ROI
-    equals the (padded) spatial shape, e.g. a whole 2D chest X-ray, the single patch is the image itself.
+    foreground); ``genesis`` the Models Genesis chest CT rule: lung-dominant crops, at least
+    ``data.genesis_margin`` voxels from the borders, whose fraction of voxels at or above
+    ``data.genesis_hu`` (-150 HU, via the recipe's window; see :func:`genesis_threshold`), each weighted by
+    a ``GENESIS_LOOKAHEAD``-slice look-ahead in depth (1 if dense, 0.5 if the next slice is, else 0), is
+    at most ``data.genesis_max_fraction`` (each patch carries it as ``dense_fraction``; a value above
+    the maximum flags a crop kept after ``GENESIS_MAX_ATTEMPTS`` draws failed); ``tissue`` crops for CT
+    without lungs: uniform crops whose fraction of voxels above ``data.air_threshold`` is at least
+    ``data.min_tissue_fraction`` (each patch carries ``tissue_fraction``; a value below the minimum flags
+    a crop kept after ``GENESIS_MAX_ATTEMPTS`` draws failed); ``grid`` every sliding-window tile
+    (``data.grid_overlap``). Volumes smaller than the ROI are padded, never skipped. When the ROI equals
+    the (padded) spatial shape, e.g. a whole 2D chest X-ray, the single patch is the image itself.
 
     Args:
         volume: ``{"image": [C, *spatial], "label": [*spatial] | None, "target": [K] | None,
@@ -145,7 +222,8 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
 
     Returns:
         Patches ``{"image": [C, *roi] (patch_dtype), "label": [*roi] uint8 (labelled cases only),
-        "target": [K] float32 (when the case has one), "case_id", "split", "origin": int64 [ndim]}``.
+        "target": [K] float32 (when the case has one), "case_id", "split", "origin": int64 [ndim],
+        "dense_fraction": float32 (``genesis``), "tissue_fraction": float32 (``tissue``)}``.
     """
     image, label = volume["image"], volume.get("label")
     if image.ndim != len(data.roi) + 1:
@@ -160,7 +238,9 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
     shape = image.shape[1:]
     n = data.patches_per_volume
 
-    fractions = None
+    fractions, threshold = None, None
+    if data.sampling == "genesis":
+        threshold = genesis_threshold(data, volume.get("recipe"))
     if shape == roi:
         origins = [(0,) * len(roi)]
     elif data.sampling == "grid":
@@ -168,7 +248,9 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
     elif data.sampling == "balanced":
         origins = _balanced(rng, label, n, data.pos_fraction, shape, roi)
     elif data.sampling == "genesis":
-        origins, fractions = map(list, zip(*_genesis(rng, image, n, data, shape, roi)))
+        origins, fractions = map(list, zip(*_genesis(rng, image, n, data, shape, roi, threshold)))
+    elif data.sampling == "tissue":
+        origins, fractions = map(list, zip(*_tissue(rng, image, n, data, shape, roi)))
     else:
         origins = [_uniform(rng, shape, roi) for _ in range(n)]
 
@@ -179,7 +261,7 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
         patch = {
             "image": np.ascontiguousarray(image[(slice(None), *box)], dtype=data.patch_dtype),
             "case_id": volume["case_id"],
-            "split": volume["split"],
+            "split": volume.get("split", ""),
             "origin": np.asarray(origin, dtype=np.int64),
         }
         if label is not None:
@@ -187,6 +269,9 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
         if target is not None:
             patch["target"] = np.asarray(target, dtype=np.float32)
         if data.sampling == "genesis":
+            frac = fractions[i] if fractions is not None else _genesis_fraction(image, origin, roi, threshold)
+            patch["dense_fraction"] = np.float32(frac)
+        elif data.sampling == "tissue":
             frac = fractions[i] if fractions is not None else _tissue_fraction(image, origin, roi, data.air_threshold)
             patch["tissue_fraction"] = np.float32(frac)
         patches.append(patch)

@@ -1,8 +1,10 @@
-"""Ray Data pipeline: list cases -> read + validate + preprocess -> patches -> (optional) Parquet cache.
+"""Ray Data pipeline: list cases -> read + validate + preprocess -> whole volumes -> (optional) Parquet cache.
 
 ``ray.data.from_items`` holds the cheap case listing (one block per case or few cases, so decoding
-runs in parallel); a ``flat_map`` reads and preprocesses one case (``load_case``) and cuts it into
-patches (``sample_patches``) in the same task, so only patches leave a task. Execution streams: memory
+runs in parallel); a ``flat_map`` reads and preprocesses one case (``load_case``). This is the
+expensive, deterministic part of the data flow and runs once per case: into Ray's object store for a
+run (``train_volumes``) or into a Parquet cache (``prepare``). The cheap, random part, new crops and
+flips every epoch, runs on the training workers (:mod:`rayssl.data.crops`). Execution streams: memory
 is bounded by the blocks in flight, never by the dataset size.
 
 An input that cannot be used (unreadable, truncated, NaN voxels, shape mismatch, listed but missing)
@@ -28,10 +30,9 @@ import ray.data
 
 import rayssl
 from rayssl.config import DataConfig, PrepareConfig, dump_config
-from rayssl.data.cache import QUARANTINE, delete_split, join, read_manifest, read_patches, write_json, write_patches
+from rayssl.data.cache import QUARANTINE, VOLUME_FORMAT, delete_split, join, read_manifest, read_volumes, write_json, write_volumes
 from rayssl.data.context import dataset_context
 from rayssl.data.io import BadInput, is_uri, open_uri
-from rayssl.data.patches import case_rng, sample_patches
 from rayssl.data.recipes import RECIPES, load_case
 from rayssl.data.sources import Case, Source, resolve_source
 
@@ -160,18 +161,12 @@ def _load(row: dict, recipe: str, spacing, size_2d: int, keep_label: bool, quara
     return volume
 
 
-def _patches_of_case(row: dict, data: DataConfig, epoch: int, keep_label: bool, recipe: str, quarantine) -> list[dict]:
-    volume = _load(row, recipe, data.spacing, image_size_2d(data), keep_label, quarantine, data.strict)
-    if volume is None:
-        return []
-    return sample_patches(volume, data, case_rng(data.seed, volume["case_id"], epoch))
-
-
-def _volume_row(row: dict, keep_label: bool, recipe: str, spacing, size_2d: int, quarantine, strict: bool) -> list[dict]:
+def _volume_row(row: dict, keep_label: bool, recipe: str, spacing, size_2d: int, quarantine, strict: bool,
+                dtype: str = "float32") -> list[dict]:
     volume = _load(row, recipe, spacing, size_2d, keep_label, quarantine, strict)
     if volume is None:
         return []
-    out = {"case_id": volume["case_id"], "split": volume["split"], "image": volume["image"],
+    out = {"case_id": volume["case_id"], "split": volume["split"], "image": volume["image"].astype(dtype, copy=False),
            "spacing": np.asarray(volume["spacing"], np.float64), "affine": np.asarray(volume["affine"], np.float64)}
     for key in ("label", "target"):
         if volume.get(key) is not None:
@@ -187,116 +182,114 @@ def case_dataset(
     split: str | list[str] = "train",
     source: Source | None = None,
     quarantine=None,
+    dtype: str = "float32",
 ) -> ray.data.Dataset:
-    """Preprocessed whole volumes, one row per usable case (e.g. for sliding-window evaluation).
+    """Preprocessed whole volumes, one row per usable case (lazy; nothing runs until consumed).
 
     Args:
         data: source, recipe, spacing, strict mode.
         split: one split or a list of splits.
         source: an already resolved source (default: ``resolve_source(data)``).
-        quarantine: a :class:`QuarantineLog` handle that receives unusable inputs.
+        quarantine: a :class:`QuarantineLog` handle that receives unusable inputs (else they are logged).
+        dtype: of the ``image`` column.
 
     Returns:
         Rows ``{"image": [C, *spatial], "label": [*spatial] (when every selected case is labelled),
         "target": [K] (CXR), "case_id", "split", "spacing": [3], "affine": [4, 4]}``.
-    """
-    source = source or resolve_source(data)
-    recipe = resolve_recipe(data, source)
-    cases = _select(source, split, data)
-    _record_missing(source, data, quarantine)
-    keep_label = all(c.label is not None for c in cases)
-    return _listing(cases).flat_map(
-        _volume_row,
-        fn_kwargs=dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=image_size_2d(data),
-                       quarantine=quarantine, strict=data.strict),
-    )
-
-
-def _patch_stream(data: DataConfig, source: Source, cases: list[Case], epoch: int, quarantine) -> ray.data.Dataset:
-    recipe = resolve_recipe(data, source)
-    keep_label = all(c.label is not None for c in cases)
-    return _listing(cases).flat_map(
-        _patches_of_case,
-        fn_kwargs=dict(data=data, epoch=epoch, keep_label=keep_label, recipe=recipe, quarantine=quarantine),
-    )
-
-
-def patch_dataset(
-    data: DataConfig, split: str | list[str] = "train", epoch: int = 0, quarantine=None
-) -> ray.data.Dataset:
-    """Stream patches straight from the volumes (lazy; nothing runs until consumed).
-
-    Args:
-        data: source, recipe, roi, sampling, seed, strict mode.
-        split: one split or a list of splits.
-        epoch: selects new random crops per epoch (same epoch, same crops).
-        quarantine: a :class:`QuarantineLog` handle that receives unusable inputs (else they are logged).
-
-    Returns:
-        Rows ``{"image": [C, *roi], "label": [*roi] uint8 (labelled cases), "target": [K] (CXR),
-        "case_id", "split", "origin": [ndim]}`` (+ ``tissue_fraction`` with ``genesis`` sampling).
 
     Raises:
         ValueError: roi/recipe do not fit the source, or the split is empty.
         QuarantineError: strict mode and the source lists missing files.
     """
-    source = resolve_source(data)
+    source = source or resolve_source(data)
+    recipe = resolve_recipe(data, source)
     cases = _select(source, split, data)
     _record_missing(source, data, quarantine)
-    return _patch_stream(data, source, cases, epoch, quarantine)
+    return _volume_stream(data, source, recipe, cases, quarantine, dtype)
 
 
-def train_dataset(data: DataConfig, split: str = "train", epoch: int = 0) -> ray.data.Dataset:
-    """What Ray Train consumes: the Parquet cache when ``data.cache_dir`` is set, else streamed volumes.
+def _volume_stream(data: DataConfig, source: Source, recipe: str, cases: list[Case], quarantine, dtype: str):
+    keep_label = all(c.label is not None for c in cases)
+    return _listing(cases).flat_map(
+        _volume_row,
+        fn_kwargs=dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=image_size_2d(data),
+                       quarantine=quarantine, strict=data.strict, dtype=dtype),
+    )
+
+
+def cache_matches(manifest: dict, data: DataConfig, recipe: str) -> None:
+    """Check that a volume cache was preprocessed as ``data`` asks (recipe, spacing, 2D size).
+
+    Raises:
+        ValueError: the cache is not a volume cache, or it was made with other preprocessing.
+    """
+    path = data.cache_dir
+    if manifest.get("format") != VOLUME_FORMAT:
+        raise ValueError(f"cache {path!r} has format {manifest.get('format')!r}, not {VOLUME_FORMAT!r} (a cache of "
+                         "fixed patches from an earlier rayssl cannot serve training); re-run jobs/prepare_data.py")
+    want = {"recipe": recipe, "spacing": recipe_spacing(data, recipe)}
+    if manifest["spatial_dims"] == 2:
+        want["size_2d"] = image_size_2d(data)
+    wrong = [f"{k} {manifest.get(k)!r} (config: {v!r})" for k, v in want.items() if manifest.get(k) != v]
+    if wrong:
+        raise ValueError(f"cache {path!r} was preprocessed with {', '.join(wrong)}; re-run jobs/prepare_data.py "
+                         "with this config or fix data.recipe / data.spacing")
+
+
+def recipe_spacing(data: DataConfig, recipe: str) -> list[float] | None:
+    spacing = data.spacing or RECIPES[recipe].spacing
+    return [float(v) for v in spacing] if spacing else None
+
+
+def train_volumes(
+    data: DataConfig, columns: list[str], split: str = "train", source: Source | None = None
+) -> ray.data.Dataset:
+    """What Ray Train consumes: preprocessed whole volumes, from the cache or from the source.
+
+    Training workers cut fresh crops from them every epoch (:mod:`rayssl.data.crops`). From a source,
+    the volumes are preprocessed once and kept in Ray's object store (``data.keep_volumes``) or
+    preprocessed again every epoch; a cache is streamed from disk every epoch.
 
     Args:
-        data: the data config; with ``cache_dir`` its roi and dtype must match the cache's manifest.
+        data: the data config; with ``cache_dir`` its recipe and spacing must match the cache's manifest.
+        columns: the columns to keep besides ``case_id`` (which seeds each case's crops).
         split: the split to read.
-        epoch: only used when streaming from volumes (new random crops per epoch).
+        source: an already resolved source (default: ``resolve_source(data)``).
     """
-    if not data.cache_dir:
-        return patch_dataset(data, split, epoch)
-    manifest = read_manifest(data.cache_dir)
-    if tuple(manifest["roi"]) != tuple(data.roi) or manifest["dtype"] != data.patch_dtype:
-        raise ValueError(
-            f"cache {data.cache_dir!r} holds roi {tuple(manifest['roi'])} {manifest['dtype']} patches but the "
-            f"config asks for roi {tuple(data.roi)} {data.patch_dtype}; re-run prepare_data or fix data.roi"
-        )
-    return read_patches(data.cache_dir, split)
+    columns = ["case_id", *[c for c in columns if c != "case_id"]]
+    if data.cache_dir:
+        manifest = read_manifest(data.cache_dir)
+        cache_matches(manifest, data, data.recipe or manifest["recipe"])
+        return read_volumes(data.cache_dir, split).select_columns(columns)
+    ds = case_dataset(data, split, source).select_columns(columns)
+    return ds.materialize() if data.keep_volumes else ds
 
 
 # --------------------------------------------------------------------------- prepare
 
 
 def default_out(data: DataConfig) -> str:
-    """``runs/data/<source>-<roi>-<sampling>`` under the current directory."""
-    name = re.sub(r"[^A-Za-z0-9]+", "-", data.source).strip("-")
-    return os.path.abspath(os.path.join("runs", "data", f"{name}-{'x'.join(map(str, data.roi))}-{data.sampling}"))
+    """``runs/data/<source>-<recipe>`` under the current directory."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", f"{data.source}-{data.recipe or 'auto'}").strip("-")
+    return os.path.abspath(os.path.join("runs", "data", name))
 
 
-def _split_stats(out: str, split: str, data: DataConfig) -> dict:
+def _split_stats(out: str, split: str) -> dict:
     # counts from the Parquet files themselves (one small column), so the manifest matches the shards
     fs, root = open_uri(join(out, split))
     if fs.get_file_info(root).type != pafs.FileType.Directory:
-        return {"cases": 0, "patches": 0, "files": 0}
+        return {"cases": 0, "files": 0}
     dataset = pads.dataset(root, filesystem=fs, format="parquet")
-    columns = ["case_id", "tissue_fraction"] if data.sampling == "genesis" else ["case_id"]
-    table = dataset.to_table(columns=columns)
-    stats = {"cases": len(set(table.column("case_id").to_pylist())), "patches": table.num_rows,
-             "files": len(dataset.files)}
-    if data.sampling == "genesis":
-        fractions = table.column("tissue_fraction").to_numpy()
-        stats["below_min_tissue_fraction"] = int((fractions < data.min_tissue_fraction).sum())
-    return stats
+    return {"cases": dataset.count_rows(), "files": len(dataset.files)}
 
 
 def prepare(cfg: PrepareConfig) -> str:
-    """Run the pipeline over ``cfg.data.splits`` and write Parquet shards, ``manifest.json`` and
-    ``quarantine.json``.
+    """Read and preprocess ``cfg.data.splits`` once and write the volumes as Parquet shards, with
+    ``manifest.json`` and ``quarantine.json``: the cache training crops from (``data.cache_dir``).
 
     Args:
-        cfg: ``data`` (what to read and how to patchify), ``out`` (default :func:`default_out`),
-            ``rows_per_file``.
+        cfg: ``data`` (what to read and how to preprocess it), ``out`` (default :func:`default_out`),
+            ``rows_per_file`` (volumes per file).
 
     Returns:
         The output folder (or URI).
@@ -322,11 +315,11 @@ def prepare(cfg: PrepareConfig) -> str:
         if not cases:
             print(f"split {split!r}: no cases in {data.source!r}, skipped")
             delete_split(out, split)
-            splits[split] = {"cases": 0, "patches": 0, "files": 0, "listed": 0}
+            splits[split] = {"cases": 0, "files": 0, "listed": 0}
             continue
-        write_patches(_patch_stream(lax, source, cases, 0, log), out, split, cfg.rows_per_file)
-        splits[split] = {**_split_stats(out, split, data), "listed": len(cases)}
-        print(f"split {split!r}: {splits[split]['patches']} patches from {splits[split]['cases']} of {len(cases)} cases")
+        write_volumes(_volume_stream(lax, source, recipe, cases, log, data.patch_dtype), out, split, cfg.rows_per_file)
+        splits[split] = {**_split_stats(out, split), "listed": len(cases)}
+        print(f"split {split!r}: {splits[split]['cases']} of {len(cases)} cases preprocessed")
 
     entries = sorted(ray.get(log.entries.remote()), key=lambda e: (e["path"], e["case_id"]))
     ray.kill(log)
@@ -338,26 +331,23 @@ def prepare(cfg: PrepareConfig) -> str:
             delete_split(out, split)
         raise QuarantineError(_listing_message(f"source {data.source!r}", entries))
 
-    spec = RECIPES[recipe]
     manifest = {
-        "format": "rayssl-patches/1",
+        "format": VOLUME_FORMAT,
         "rayssl_version": rayssl.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": data.source,
         "source_kind": source.kind,
         "source_root": source.root,
-        "recipe": dataclasses.asdict(spec),
-        "spacing": list(data.spacing or spec.spacing) if (data.spacing or spec.spacing) else None,
-        "roi": list(data.roi),
-        "patch_shape": [source.channels, *data.roi],
+        "recipe": recipe,
+        "recipe_steps": dataclasses.asdict(RECIPES[recipe]),
+        "spacing": recipe_spacing(data, recipe),
+        "spatial_dims": source.spatial_dims,
+        "size_2d": image_size_2d(data) if source.spatial_dims == 2 else None,
         "dtype": data.patch_dtype,
         "channels": source.channels,
         "modality": {str(k): v for k, v in source.modality.items()},
         "labels": {str(k): v for k, v in source.labels.items()},
         "class_names": list(source.class_names),
-        "sampling": data.sampling,
-        "patches_per_volume": data.patches_per_volume,
-        "seed": data.seed,
         "splits": splits,
         "quarantined": entries,
         "data": dump_config(data),

@@ -3,6 +3,8 @@
 * ``ct_btcv``: RAS, 1.5 x 1.5 x 2.0 mm, window -175..250 HU -> [0, 1], crop the foreground (MAE on BTCV).
 * ``ct_genesis``: RAS, native spacing, window -1000..1000 HU -> [0, 1], no crop (Models Genesis).
 * ``mri_brats``: RAS, 1 mm, per-channel z-normalisation over non-zero voxels (MAE on BraTS).
+* ``mri_genesis``: RAS, 1 mm, per-channel 0.5..99.5 percentiles of the non-zero voxels -> [0, 1],
+  clipped, background kept at 0 (Models Genesis on MRI: its corruptions and sigmoid output need [0, 1]).
 * ``cxr``: grayscale, histogram equalisation, resize to a square, [0, 1] (MAE on ChestX-ray14).
 * ``none``: cast to float32 only.
 """
@@ -35,6 +37,8 @@ class Recipe:
         crop_foreground: crop to the bounding box of voxels > 0 after windowing.
         zscore_nonzero: per-channel z-normalisation over non-zero voxels.
         histeq: histogram equalisation (2D).
+        percentiles: ``(lo, hi)`` per-channel percentiles of the non-zero voxels mapped to [0, 1] with
+            clipping (zero voxels stay 0), or ``None``.
     """
 
     name: str
@@ -46,6 +50,12 @@ class Recipe:
     crop_foreground: bool = False
     zscore_nonzero: bool = False
     histeq: bool = False
+    percentiles: tuple[float, float] | None = None
+
+    @property
+    def unit_range(self) -> bool:
+        """Whether the output intensities lie in [0, 1] (clipped window, percentile rescale or 2D)."""
+        return self.window is not None or self.percentiles is not None or self.histeq
 
 
 RECIPES: dict[str, Recipe] = {
@@ -57,6 +67,8 @@ RECIPES: dict[str, Recipe] = {
                window=(-1000.0, 1000.0), orientation="RAS"),
         Recipe("mri_brats", 3, (1.0, 1.0, 1.0), "MRI: RAS, 1 mm, per-channel z-norm over non-zero voxels",
                orientation="RAS", zscore_nonzero=True),
+        Recipe("mri_genesis", 3, (1.0, 1.0, 1.0), "MRI: RAS, 1 mm, per-channel 0.5..99.5 pct of non-zero -> [0,1]",
+               orientation="RAS", percentiles=(0.5, 99.5)),
         Recipe("cxr", 2, None, "X-ray: grayscale, histogram equalisation, square resize, [0,1]", histeq=True),
         Recipe("none", 0, None, "cast to float32 only"),
     )
@@ -67,6 +79,76 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {list(RECIPES)}")
     return RECIPES[name]
+
+
+_GENESIS_FORM = {"mri_brats": "mri_genesis"}  # recipes whose intensities leave [0, 1] -> their [0, 1] form
+
+
+def in_unit_range(name: str) -> bool:
+    """Whether recipe ``name`` gives intensities in [0, 1] (what Models Genesis needs)."""
+    return get_recipe(name).unit_range
+
+
+def genesis_recipe(name: str) -> str:
+    """The Models Genesis compatible form of recipe ``name``: itself when it already gives [0, 1]
+    (``ct_btcv``, ``ct_genesis``, ``cxr``, ``mri_genesis``), ``mri_brats`` -> ``mri_genesis``.
+
+    Raises:
+        ValueError: no [0, 1] form is known (``none``).
+    """
+    if in_unit_range(name):
+        return name
+    if name in _GENESIS_FORM:
+        return _GENESIS_FORM[name]
+    ok = [n for n, r in RECIPES.items() if r.unit_range]
+    raise ValueError(f"recipe {name!r} has no Models Genesis form with intensities in [0, 1]; use one of {ok}")
+
+
+def check_genesis_recipe(name: str) -> None:
+    """Raise ``ValueError`` unless recipe ``name`` suits ``model.method=genesis`` (intensities in [0, 1]).
+
+    Call it on the resolved recipe before Ray starts (``PretrainConfig`` checks an explicit
+    ``data.recipe`` itself; when ``data.recipe`` is ``None`` the source picks the recipe).
+    """
+    if in_unit_range(name):
+        return
+    try:
+        hint = f"set data.recipe={genesis_recipe(name)}"
+    except ValueError:
+        hint = "set data.recipe to one of " + ", ".join(n for n, r in RECIPES.items() if r.unit_range)
+    raise ValueError(
+        f"model.method=genesis needs intensities in [0, 1] (Models Genesis scaling), but data.recipe={name!r} "
+        f"does not give them; {hint}"
+    )
+
+
+def hu_to_intensity(name: str, hu: float) -> float:
+    """Where ``hu`` lands after recipe ``name``'s intensity window (clipped to [0, 1]).
+
+    Raises:
+        ValueError: the recipe has no HU window (MRI, X-ray, ``none``).
+    """
+    r = get_recipe(name)
+    if r.window is None:
+        raise ValueError(f"recipe {name!r} has no HU window, so {hu:g} HU has no place on its intensity scale")
+    lo, hi = r.window
+    return float(min(max((hu - lo) / (hi - lo), 0.0), 1.0))
+
+
+def _percentile_rescale(image: np.ndarray, lo_pct: float, hi_pct: float) -> np.ndarray:
+    # per channel: the lo/hi percentiles of the non-zero voxels -> 0/1, clipped; zero voxels stay 0
+    out = np.zeros_like(image, dtype=np.float32)
+    for c, ch in enumerate(image):
+        nonzero = ch != 0
+        if not nonzero.any():
+            continue
+        lo, hi = np.percentile(ch[nonzero], (lo_pct, hi_pct))
+        if hi > lo:
+            out[c] = np.clip((ch - lo) / (hi - lo), 0.0, 1.0)
+        else:  # (almost) constant foreground: it is the signal
+            out[c] = 1.0
+        out[c][~nonzero] = 0.0
+    return out
 
 
 def affine_spacing(affine: np.ndarray, dims: int = 3) -> tuple[float, ...]:
@@ -126,6 +208,8 @@ def _preprocess_3d(r: Recipe, image: np.ndarray, label: np.ndarray | None, affin
     img = d["image"]
     out_affine = img.affine.numpy().astype(np.float64) if isinstance(img, MetaTensor) else np.asarray(affine)
     out_image = img.numpy().astype(np.float32) if isinstance(img, torch.Tensor) else np.asarray(img, np.float32)
+    if r.percentiles is not None:
+        out_image = _percentile_rescale(out_image, *r.percentiles)
     out_label = None
     if label is not None:
         lab = d["label"]

@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
 from rayssl.config import FinetuneConfig, dump_config
+from rayssl.data.crops import patches_per_case
 from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentation, save_overlay, write_csv, write_nifti
 from rayssl.finetune.loop import BEST_FILE, train_loop_per_worker
 from rayssl.finetune.models import build_model
@@ -23,10 +24,6 @@ from rayssl.train.optim import effective_lr
 from rayssl.train.pretrain import scaling_config
 
 
-MATERIALIZE_BYTES = 2**31
-"""Training patches up to this size are kept in the object store instead of re-read every epoch."""
-
-
 def default_run_name(cfg: FinetuneConfig) -> str:
     tag = "scratch" if resolve_pretrained(cfg.pretrained) is None else "pretrained"
     return f"{cfg.preset or 'finetune'}-{cfg.model.arch}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -35,13 +32,6 @@ def default_run_name(cfg: FinetuneConfig) -> str:
 def _max_workers(cfg: FinetuneConfig) -> int:
     w = cfg.scale.num_workers
     return w[1] if isinstance(w, tuple) else w
-
-
-def _patches_per_case(cfg: FinetuneConfig) -> int:
-    from rayssl.data.pipeline import image_size_2d
-
-    whole_image = len(cfg.data.roi) == 2 and tuple(cfg.data.roi) == (image_size_2d(cfg.data),) * 2
-    return 1 if whole_image else cfg.data.patches_per_volume
 
 
 def plan_run(cfg: FinetuneConfig, run_dir: str) -> dict:
@@ -69,8 +59,9 @@ def plan_run(cfg: FinetuneConfig, run_dir: str) -> dict:
     return {
         "run_dir": run_dir, "spec": spec, "recipe": recipe,
         "pretrained": str(pretrained) if pretrained else "none", "load_report": report,
-        "num_patches": len(train) * _patches_per_case(cfg), "lr": effective_lr(cfg.optim, total_batch),
+        "num_cases": len(train), "patches_per_case": patches_per_case(cfg.data), "lr": effective_lr(cfg.optim, total_batch),
         "val_cases": case_dicts(val), "test_cases": case_dicts(test), "n_train": len(train),
+        "target_key": "target" if spec["mode"] == "multilabel" else "label",
     }
 
 
@@ -138,13 +129,9 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
           f"lr {plan['lr']:.3g}, pretrained {report['source'] or 'none'} ({len(report['loaded'])} tensors loaded, "
           f"{len(report['new'])} new), run dir {run_dir}", flush=True)
 
-    from rayssl.data.pipeline import train_dataset
+    from rayssl.data.pipeline import train_volumes
 
-    columns = ["image", "target" if spec["mode"] == "multilabel" else "label"]
-    ds = train_dataset(cfg.data, split="train").select_columns(columns)
-    voxels = math.prod(cfg.data.roi) * (spec["channels"] + 1)
-    if plan["num_patches"] * voxels * 4 <= MATERIALIZE_BYTES:
-        ds = ds.materialize()  # the patches are fixed for the run: read the volumes once, not every epoch
+    ds = train_volumes(cfg.data, ["image", plan["target_key"]], "train")
     worker_plan = {k: v for k, v in plan.items() if k not in ("load_report", "test_cases")}
     trainer = TorchTrainer(
         train_loop_per_worker,

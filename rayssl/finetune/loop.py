@@ -18,6 +18,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from rayssl.config import FinetuneConfig
+from rayssl.data.crops import epoch_batches
 from rayssl.finetune.augment import RandAugment2D, SegAugment
 from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentation
 from rayssl.finetune.models import build_model, lrd_param_groups
@@ -66,7 +67,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(cfg, spec["channels"], spec["num_classes"])
     load_pretrained(model, plan["pretrained"])
     loss_fn = build_loss(spec)
-    spe = steps_per_epoch(plan["num_patches"], world, cfg.batch_size, cfg.optim.grad_accum)
+    spe = steps_per_epoch(plan["num_cases"], plan["patches_per_case"], world, cfg.batch_size, cfg.optim.grad_accum)
     total_steps = min(spe * cfg.epochs, cfg.max_steps or 10**12)
     lr = plan["lr"]
     groups = [{k: v for k, v in g.items() if k != "names"}
@@ -95,7 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
         augment = SegAugment(cfg.data.roi, seed) if spec["mode"] != "multilabel" else RandAugment2D(seed)
     else:
         augment = None
-    target_key = "target" if spec["mode"] == "multilabel" else "label"
+    target_key = plan["target_key"]
     shard = ray.train.get_dataset_shard("train")
     micro, done = 0, state["step"] >= total_steps
 
@@ -128,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine.train()
     while not done and state["epoch"] < cfg.epochs:
         t0, losses, samples = time.perf_counter(), [], 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True):
+        for batch in epoch_batches(shard.iter_rows(), cfg.data, state["epoch"], cfg.batch_size, ["image", target_key], rank):
             x, y = batch["image"].float(), batch[target_key]
             if augment is not None:
                 x, y = augment(x, y)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from rayssl.config import PretrainConfig
+from rayssl.data.crops import epoch_batches
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, ensure_cpu_accelerator, resolve_precision
@@ -20,9 +21,10 @@ from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
 from rayssl.train.preview import save_preview
 
 
-def steps_per_epoch(num_patches: int, world_size: int, batch_size: int, grad_accum: int) -> int:
-    """Optimiser steps per epoch when every worker gets an equal shard and drops the last batch."""
-    return max(1, (num_patches // world_size) // batch_size // grad_accum)
+def steps_per_epoch(num_cases: int, patches_per_case: int, world_size: int, batch_size: int, grad_accum: int) -> int:
+    """Optimiser steps per epoch when every worker gets an equal share of the cases (Ray Train's
+    ``streaming_split(equal=True)``), cuts ``patches_per_case`` crops of each and drops the last batch."""
+    return max(1, (num_cases // world_size) * patches_per_case // batch_size // grad_accum)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -66,7 +68,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, plan["channels"])
     objective = build_objective(cfg)
-    spe = steps_per_epoch(plan["num_patches"], world, cfg.batch_size, cfg.optim.grad_accum)
+    spe = steps_per_epoch(plan["num_cases"], plan["patches_per_case"], world, cfg.batch_size, cfg.optim.grad_accum)
     total_steps = min(spe * cfg.epochs, cfg.max_steps or 10**12)
     lr = plan["lr"]
 
@@ -140,14 +142,14 @@ def train_loop_per_worker(config: dict) -> None:
     engine.train()
     while not done and state["epoch"] < cfg.epochs:
         skip = state["batch_in_epoch"]
-        for i, batch in enumerate(shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True)):
-            if i < skip:  # resume inside an epoch: skip what was already trained on
+        batches = epoch_batches(shard.iter_rows(), cfg.data, state["epoch"], cfg.batch_size, ["image"], rank)
+        for i, batch in enumerate(batches):
+            if i < skip:  # resume inside an epoch: skip what was already trained on (the same crops)
                 continue
             x = batch["image"].to(device=device, dtype=torch.float32)
-            target = batch["target"].to(device=device, dtype=torch.float32) if "target" in batch else None
-            if preview_batch is None:  # clean images: previews corrupt them on the worker
-                preview_batch = (x if target is None else target)[:2].clone()
-            loss = objective.loss(engine, x, generator, dtype, target)
+            if preview_batch is None:
+                preview_batch = x[:2].clone()
+            loss = objective.loss(engine, x, generator, dtype)
             engine.backward(loss)
             engine.step()
             micro += 1

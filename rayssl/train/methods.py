@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,8 +63,7 @@ class MAEObjective:
     def __init__(self, cfg: PretrainConfig):
         self.mask_ratio = cfg.model.mask_ratio
 
-    def loss(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator, dtype: torch.dtype,
-             target: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         loss, _, _ = model(x.to(dtype), mask_ratio=self.mask_ratio)
         return loss
 
@@ -92,26 +88,15 @@ def genesis_corruption(c: CorruptionConfig):
                              paint_prob=c.paint_prob, inpaint_rate=c.inpaint_rate)
 
 
-def corrupt_in_data(batch: dict[str, np.ndarray], corruption: dict) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function (``corruption.where=data``): ``image`` -> corrupted ``image``
-    and its restoration ``target``. Each batch gets fresh OS entropy (Ray Data tasks have no
-    stable identity to seed from)."""
-    corrupt = genesis_corruption(CorruptionConfig.model_validate(corruption))
-    generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    corrupted, target = corrupt(torch.as_tensor(batch["image"], dtype=torch.float32), generator)
-    return {"image": corrupted.numpy(), "target": target.numpy()}
-
-
 class GenesisObjective:
     """Restore the original sub-volume from its corrupted version (MSE)."""
 
     def __init__(self, cfg: PretrainConfig):
         self.corrupt = genesis_corruption(cfg.corruption)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator, dtype: torch.dtype,
-             target: torch.Tensor | None = None) -> torch.Tensor:
-        """MSE of the restoration; ``x`` is already corrupted when its ``target`` is given."""
-        corrupted, target = (x, target) if target is not None else self.corrupt(x, generator)
+    def loss(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """MSE of the restoration of ``x`` from its corruption (drawn on the worker)."""
+        corrupted, target = self.corrupt(x, generator)
         return F.mse_loss(model(corrupted.to(dtype)).float(), target)
 
     @torch.no_grad()

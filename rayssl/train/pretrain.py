@@ -8,9 +8,11 @@ from pathlib import Path
 
 import ray
 import ray.train
+from ray.data.dataset import MaterializedDataset
 from ray.train.torch import TorchTrainer
 
 from rayssl.config import PretrainConfig, dump_config
+from rayssl.data.crops import patches_per_case
 from rayssl.data.io import is_uri
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.checkpoint import export_state, load_weights, save_export
@@ -96,26 +98,25 @@ def scaling_config(cfg: PretrainConfig) -> ray.train.ScalingConfig:
 
 
 def data_plan(cfg: PretrainConfig):
-    """The training dataset (image column only), its expected size and channel count."""
-    from rayssl.data.pipeline import train_dataset
+    """The training volumes (image column only), their number and channel count."""
+    from rayssl.data.pipeline import train_volumes
 
     if cfg.data.cache_dir:
         from rayssl.data.cache import read_manifest
 
         manifest = read_manifest(cfg.data.cache_dir)
-        num_patches = int(manifest["splits"]["train"]["patches"])
-        channels = int(manifest["channels"])
+        num_cases, channels, source = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"]), None
     else:
         from rayssl.data.sources import resolve_source
 
         source = resolve_source(cfg.data)
-        n_cases = sum(c.split == "train" for c in source.cases)
-        if n_cases == 0:
+        num_cases, channels = len(source.split("train")), source.channels
+        if num_cases == 0:
             raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
-        num_patches = n_cases * cfg.data.patches_per_volume
-        channels = source.channels
-    ds = train_dataset(cfg.data, split="train").select_columns(["image"])
-    return ds, num_patches, channels
+    ds = train_volumes(cfg.data, ["image"], "train", source)
+    if isinstance(ds, MaterializedDataset):
+        num_cases = ds.count()  # without the quarantined cases
+    return ds, num_cases, channels
 
 
 def pretrain(cfg: PretrainConfig, dataset: ray.data.Dataset | None = None) -> str:
@@ -123,8 +124,8 @@ def pretrain(cfg: PretrainConfig, dataset: ray.data.Dataset | None = None) -> st
 
     Args:
         cfg: the pre-training config.
-        dataset: optional Ray Dataset with an ``image`` column (``[C, *cfg.data.roi]`` per row) to train
-            on instead of the one ``cfg.data`` describes.
+        dataset: optional Ray Dataset of preprocessed volumes (``case_id`` and ``image`` ``[C, *spatial]``
+            columns) to crop from instead of the one ``cfg.data`` describes.
 
     The run directory ``<run.storage_path>/<run.name>`` holds Ray Train's checkpoints,
     ``metrics.jsonl``, ``previews/*.png``, ``export/encoder.safetensors`` (+ ``.json`` sidecar) and
@@ -137,24 +138,24 @@ def pretrain(cfg: PretrainConfig, dataset: ray.data.Dataset | None = None) -> st
     files.write_json("config.json", dump_config(cfg))
 
     if dataset is None:
-        ds, num_patches, channels = data_plan(cfg)
+        ds, num_cases, channels = data_plan(cfg)
+        shape = None
     else:
-        ds, num_patches = dataset.select_columns(["image"]), dataset.count()
-        channels = int(dataset.take(1)[0]["image"].shape[0])
-    if cfg.model.method == "genesis" and cfg.corruption.where == "data":
-        from rayssl.train.methods import corrupt_in_data
-
-        ds = ds.map_batches(corrupt_in_data, fn_kwargs={"corruption": cfg.corruption.model_dump()},
-                            batch_size=cfg.batch_size, batch_format="numpy")
+        ds, num_cases = dataset.select_columns(["case_id", "image"]), dataset.count()
+        shape = dataset.take(1)[0]["image"].shape
+        channels = int(shape[0])
+    per_case = patches_per_case(cfg.data, shape)
     total_batch = cfg.batch_size * cfg.optim.grad_accum * _max_workers(cfg)
     plan = {
         "run_dir": run_dir,
-        "num_patches": num_patches,
+        "num_cases": num_cases,
+        "patches_per_case": per_case,
         "channels": channels,
         "lr": effective_lr(cfg.optim, total_batch),
     }
     print(
-        f"[rayssl] pre-training {cfg.model.method} ({cfg.model.size}) on {cfg.data.source}: ~{num_patches} patches/epoch, "
+        f"[rayssl] pre-training {cfg.model.method} ({cfg.model.size}) on {cfg.data.source}: {num_cases} cases x {per_case} "
+        f"fresh crops/epoch, "
         f"{cfg.epochs} epochs, total batch {total_batch}, lr {plan['lr']:.3g}, run dir {run_dir}",
         flush=True,
     )
