@@ -1,4 +1,4 @@
-"""Run the data pipeline once and cache the patches as Parquet shards with a manifest.
+"""Run the data pipeline once and cache the preprocessed volumes as Parquet shards with a manifest.
 
     python jobs/prepare_data.py [--source SPEC] [--out DIR] [--preset NAME] [--config FILE] [key=value ...]
 

@@ -62,7 +62,6 @@ def test_genesis_sampling_fields():
     assert chest.sampling == "genesis" and chest.genesis_margin == (100, 100, 30)
     assert chest.genesis_hu == -150.0 and chest.genesis_max_fraction == 0.15
     assert load_config(PretrainConfig, "pretrain", "tiny_genesis").data.sampling == "tissue"
-    assert load_config(PrepareConfig, "prepare", "genesis_ct").data.genesis_margin == (100, 100, 30)
     with pytest.raises(ValueError, match="genesis_margin"):
         DataConfig(roi=(64, 64, 32), genesis_margin=(100, 30))
     # the -150 HU threshold needs an HU window: no recipe, or an MRI one, is an error unless given directly

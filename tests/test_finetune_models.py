@@ -1,15 +1,17 @@
 """Fine-tuning networks without Ray: UNETR layout, LLRD learning rates, drop path, weight loading."""
 
+import copy
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from rayssl.config import ConfigError, FinetuneConfig, OptimConfig, load_config
 from rayssl.finetune.models import build_model, lrd_param_groups
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.models.classifier import ViTClassifier
-from rayssl.models.genesis_unet import GenesisUNet
+from rayssl.models.genesis_unet import BatchStatNorm, GenesisUNet
 from rayssl.models.unetr import UNETR, default_hidden_blocks
 from rayssl.models.vit import VIT_SIZES, ViTEncoder, interpolate_pos_embed
 from rayssl.train.checkpoint import save_export
@@ -32,20 +34,50 @@ def export_vit(tmp_path, roi=32, patch=8, channels=1, size="tiny", seed=0):
     return enc, st
 
 
-def test_unetr_decoder_is_monai_layout_and_output_shape():
+def test_unetr_matches_monai_unetr_numerically():
+    """Same decoder weights and ViT hidden states give MONAI's output (monai/networks/nets/unetr.py)."""
     from monai.networks.nets import UNETR as MonaiUNETR
 
-    ours = UNETR((32, 32, 32), 16, 1, 3, embed_dim=192, depth=12, num_heads=3, feature_size=8)
-    ref = MonaiUNETR(1, 3, (32, 32, 32), feature_size=8, hidden_size=192, mlp_dim=768, num_heads=3)
-    shapes = lambda m, skip: sorted(tuple(p.shape) for n, p in m.named_parameters() if not n.startswith(skip))  # noqa: E731
-    assert shapes(ours, "encoder.") == shapes(ref, "vit.")
-    assert ours.hidden_blocks == (3, 6, 9) and default_hidden_blocks(4, 3) == [1, 3]
+    torch.manual_seed(0)
+    ours = UNETR((32,) * 3, 16, 1, 3, embed_dim=96, depth=12, num_heads=4, drop_path_rate=0.0, feature_size=8).eval()
+    ref = MonaiUNETR(1, 3, (32,) * 3, feature_size=8, hidden_size=96, mlp_dim=384, num_heads=4, norm_name="instance",
+                     res_block=True).eval()
+    assert ours.hidden_blocks == (4, 7, 10)
+    names = {"encoder1": "stem", "encoder2": "skips.0", "encoder3": "skips.1", "encoder4": "skips.2",
+             "decoder5": "ups.0", "decoder4": "ups.1", "decoder3": "ups.2", "decoder2": "ups.3", "out": "head"}
+    mapped = {f"{names[k.split('.')[0]]}.{k.split('.', 1)[1]}": v for k, v in ref.state_dict().items()
+              if not k.startswith("vit.")}
+    missing, unexpected = ours.load_state_dict(mapped, strict=False)
+    assert not unexpected and all(k.startswith("encoder.") for k in missing)
+
+    class Hidden(nn.Module):  # MONAI's ViT output: final normed tokens and every block's output, no cls token
+        def forward(self, x):
+            enc = ours.encoder(x, return_hidden=tuple(range(1, 13)))
+            return enc["tokens"][:, 1:], [h[:, 1:] for h in enc["hidden"]]
+
+    ref.vit = Hidden()
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = ref(x)
+        assert torch.allclose(ours(x), expected, atol=1e-5)
+        ours.hidden_blocks = (3, 6, 9)  # one block too shallow: no longer MONAI's output
+        assert not torch.allclose(ours(x), expected, atol=1e-3)
+
+
+def test_unetr_default_hidden_blocks_output_shape_and_errors():
+    assert default_hidden_blocks(12, 4) == [4, 7, 10] and default_hidden_blocks(12, 3) == [5, 9]  # SelfMedMAE x8
+    assert default_hidden_blocks(4, 3) == [2, 3] and default_hidden_blocks(3, 4) == [1, 2, 3]
+    for stages in range(2, 7):
+        for depth in range(stages - 1, 30):
+            b = default_hidden_blocks(depth, stages)
+            assert len(b) == stages - 1 and 1 <= b[0] and b[-1] <= depth and all(x < y for x, y in zip(b, b[1:]))
     y = tiny_unetr()(torch.randn(2, 1, 32, 32, 32))
     assert y.shape == (2, 3, 32, 32, 32)
     with pytest.raises(ValueError, match="power-of-two"):
         tiny_unetr(patch=6, roi=36)
-    with pytest.raises(ValueError, match="hidden_blocks"):
-        UNETR((32,) * 3, 8, 1, 3, **TINY, hidden_blocks=[1, 2, 3])
+    for bad in ([1, 2, 3], [3, 2], [2, 2]):
+        with pytest.raises(ValueError, match="hidden_blocks"):
+            UNETR((32,) * 3, 8, 1, 3, **TINY, hidden_blocks=bad)
 
 
 def test_classifier_pools_and_head():
@@ -177,6 +209,29 @@ def test_genesis_unet_loads_body_and_gets_a_new_head(tmp_path):
     assert all(torch.equal(model.state_dict()[k], pre.state_dict()[k]) for k in report["loaded"])
     with pytest.raises(ValueError, match="base_channels: checkpoint 4, model 8"):
         load_pretrained(GenesisUNet(1, 5, 8, "instance"), str(tmp_path / "g"))
+
+
+def test_genesis_batch_norm_uses_batch_statistics_in_eval():
+    """As ``ContBatchNorm3d`` (ModelsGenesis pytorch/unet3d.py): eval normalises with batch statistics."""
+    torch.manual_seed(0)
+    net = GenesisUNet(1, 2, 4, "batch")
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 14 and all(isinstance(m, BatchStatNorm) for m in norms)
+    x = torch.rand(2, 1, 16, 16, 16)
+    train_copy = copy.deepcopy(net).train()
+    with torch.no_grad():
+        expected = train_copy(x)
+        assert all(m.running_mean.abs().sum() > 0 for m in train_copy.modules() if isinstance(m, BatchStatNorm))
+        for m in norms:  # running statistics that would change a standard BatchNorm's eval output
+            m.running_mean.fill_(3.0), m.running_var.fill_(5.0)
+        net.eval()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        assert torch.allclose(net(x), expected, atol=1e-6)
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # eval leaves buffers alone
+        assert not torch.allclose(net(x[:1]), expected[:1], atol=1e-4)  # a sample's output depends on its batch
+        assert net(torch.rand(2, 1, 8, 8, 8)).shape == (2, 2, 8, 8, 8)
+    with pytest.raises(ValueError, match="bottleneck voxel"):
+        net(torch.rand(1, 1, 8, 8, 8))  # one value per channel: no batch statistics
 
 
 def test_resolve_pretrained_glob_picks_newest_run(tmp_path):

@@ -36,16 +36,25 @@ class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 2, 4), requires_grad=False)  # fixed sin-cos
         self.proj = nn.Linear(4, 4)
         self.norm = nn.LayerNorm(4)
 
 
-def test_no_weight_decay_on_biases_norms_and_tokens():
+def test_pretraining_decays_tokens_but_not_biases_and_norms():
+    """facebookresearch/mae main_pretrain.py: no decay only for 1-D params and biases; tokens decayed."""
     model = Tiny()
     groups = param_groups(model, 0.05)
     by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
-    assert by_decay[0.05] == {id(model.proj.weight)}
-    assert by_decay[0.0] == {id(model.cls_token), id(model.proj.bias), id(model.norm.weight), id(model.norm.bias)}
+    assert by_decay[0.05] == {id(model.proj.weight), id(model.cls_token), id(model.mask_token)}
+    assert by_decay[0.0] == {id(model.proj.bias), id(model.norm.weight), id(model.norm.bias)}
+    from rayssl.models import MaskedAutoencoder
+
+    mae = MaskedAutoencoder(3, (32,) * 3, 16, 1, 48, 1, 3, decoder_embed_dim=48, decoder_depth=1, decoder_num_heads=3)
+    ids = {g["weight_decay"]: {id(p) for p in g["params"]} for g in param_groups(mae, 0.05)}
+    assert {id(mae.mask_token), id(mae.encoder.cls_token)} <= ids[0.05]
+    assert not {id(mae.encoder.pos_embed), id(mae.decoder_pos_embed)} & (ids[0.05] | ids[0.0])  # frozen: left out
 
 
 def test_scheduler_drives_optimizer_lr():

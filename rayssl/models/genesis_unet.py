@@ -9,10 +9,28 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
 NORMS = ("batch", "instance", "group")
+
+
+class BatchStatNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm that normalises with the current batch's statistics in train and eval mode alike.
+
+    As ``ContBatchNorm3d`` of Models Genesis (``pytorch/unet3d.py``: ``F.batch_norm(..., True, ...)``).
+    The running statistics (kept, so state dicts match ``nn.BatchNorm*d``) are updated in train mode
+    only and never used.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        track = self.training and self.track_running_stats
+        if track:
+            self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / max(1, int(self.num_batches_tracked))
+        return F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                            self.weight, self.bias, True, momentum, self.eps)
 
 
 def _norm(kind: str, channels: int):
@@ -30,7 +48,8 @@ class GenesisUNet(nn.Module):
         in_channels: input channels.
         out_channels: output channels (1 for restoration, classes for segmentation).
         base_channels: width of the first conv (32 in the paper; e.g. 8 for tiny runs).
-        norm: ``"batch"`` (the paper's; poor with 1 sample per worker), ``"instance"`` or ``"group"``.
+        norm: ``"batch"`` (the paper's: batch statistics in eval too, :class:`BatchStatNorm`; poor with
+            1 sample per worker), ``"instance"`` or ``"group"``.
         sigmoid: apply a sigmoid to the output (restoration targets lie in [0, 1]).
         spatial_dims: 3 (the paper) or 2.
     """
@@ -48,8 +67,11 @@ class GenesisUNet(nn.Module):
         self.spatial_dims, self.sigmoid, self.norm = spatial_dims, sigmoid, norm
 
         def conv(cin: int, cout: int) -> Convolution:
-            return Convolution(spatial_dims, cin, cout, kernel_size=3, act="relu", norm=_norm(norm, cout),
-                               adn_ordering="NA")
+            block = Convolution(spatial_dims, cin, cout, kernel_size=3, act="relu", norm=_norm(norm, cout),
+                                adn_ordering="NA")
+            if norm == "batch":  # batch statistics in eval too, as the reference's ContBatchNorm3d
+                block.adn.N = BatchStatNorm(cout)
+            return block
 
         b = base_channels
         # level k: b*2^k then b*2^(k+1) channels; the last level is the bottleneck (no pool)
@@ -74,9 +96,10 @@ class GenesisUNet(nn.Module):
         if x.ndim != 2 + self.spatial_dims or any(s % 8 for s in x.shape[2:]):
             raise ValueError(f"input must be [N, C, *spatial] with {self.spatial_dims} spatial dims each "
                              f"divisible by 8, got {list(x.shape)}")
-        if self.norm == "instance" and math.prod(s // 8 for s in x.shape[2:]) == 1:
-            raise ValueError(f"norm='instance' needs more than one bottleneck voxel (input > 8 voxels on "
-                             f"some axis), got {list(x.shape)}")
+        values = math.prod(s // 8 for s in x.shape[2:]) * (x.shape[0] if self.norm == "batch" else 1)
+        if self.norm != "group" and values == 1:  # one value per channel: no statistics to normalise with
+            raise ValueError(f"norm={self.norm!r} needs more than one bottleneck voxel (input > 8 voxels on "
+                             f"some axis{', or a batch > 1' if self.norm == 'batch' else ''}), got {list(x.shape)}")
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Skip features of levels 1-3 and the bottleneck (channels ``feature_channels``)."""

@@ -3,7 +3,7 @@
 MONAI's ``UNETR`` owns its own ViT, whose parameter names and position embedding differ from the MAE
 encoder; so the decoder blocks are MONAI's and the encoder is the pre-trained one. For patch size
 ``2^k`` the decoder has ``k`` upsampling stages fed by ``k - 1`` intermediate hidden states (blocks
-3, 6, 9 for ViT-B/16, exactly MONAI's layout), the final encoder output and the input itself.
+4, 7, 10 of 12 for patch 16, MONAI's layout), the final normed encoder output and the input itself.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from rayssl.models.vit import ViTEncoder
 
 
 def default_hidden_blocks(depth: int, stages: int) -> list[int]:
-    """``stages - 1`` evenly spaced 1-based blocks: 3, 6, 9 for depth 12 and 4 stages."""
-    return [max(1, round(depth * (i + 1) / stages)) for i in range(stages - 1)]
+    """The 1-based blocks ``depth * j // stages + 1`` for ``j = 1 .. stages - 1``.
+
+    MONAI (``monai/networks/nets/unetr.py``, ``forward``) and SelfMedMAE (``lib/networks/unetr_decoder.py``,
+    ``UNETR_decoder``) take ``hidden_states_out[3], [6], [9]`` of 12 blocks, i.e. the 0-based positions
+    ``depth * j / 4``: blocks 4, 7, 10. The same positions at any depth give (4, 7, 10) at depth 12 and
+    patch 16, (5, 9) at patch 8 (SelfMedMAE's ``UNETRx8_decoder``: ``hidden_states_out[4], [8]``), and
+    ``stages - 1`` distinct blocks in ``1..depth`` whenever ``depth >= stages - 1`` (steps of
+    ``depth / stages >= 1``, or blocks ``1 .. depth`` when ``depth == stages - 1``).
+    """
+    return [depth * j // stages + 1 for j in range(1, stages)]
 
 
 class UNETR(nn.Module):
@@ -33,8 +41,9 @@ class UNETR(nn.Module):
         embed_dim, depth, num_heads: encoder size (see ``VIT_SIZES``).
         drop_path_rate: encoder stochastic depth (0.1 in the paper).
         feature_size: decoder width (16 in the paper).
-        hidden_blocks: 1-based encoder blocks feeding the skip connections, shallow to deep
-            (``log2(patch_size) - 1`` of them; default :func:`default_hidden_blocks`).
+        hidden_blocks: 1-based encoder blocks feeding the skip connections, strictly increasing
+            (``log2(patch_size) - 1`` of them; default :func:`default_hidden_blocks`: 4, 7, 10 for
+            depth 12 and patch 16, as MONAI's ``hidden_states_out[3], [6], [9]``).
         norm_name: decoder normalisation (``"instance"`` in the paper).
     """
 
@@ -51,9 +60,11 @@ class UNETR(nn.Module):
         self.encoder = ViTEncoder(3, img_size, patch_size, in_channels, embed_dim, depth, num_heads,
                                   drop_path_rate=drop_path_rate, learnable_pos_embed=True)
         hidden_blocks = list(hidden_blocks) if hidden_blocks is not None else default_hidden_blocks(depth, stages)
-        if len(hidden_blocks) != stages - 1 or any(not 1 <= b <= depth for b in hidden_blocks):
-            raise ValueError(f"hidden_blocks={hidden_blocks}: need {stages - 1} block indices in 1..{depth} "
-                             f"for patch_size={patch_size}")
+        # increasing: the encoder returns hidden states in block order, matched to skips shallow to deep
+        if (len(hidden_blocks) != stages - 1 or any(not 1 <= b <= depth for b in hidden_blocks)
+                or any(a >= b for a, b in zip(hidden_blocks, hidden_blocks[1:]))):
+            raise ValueError(f"hidden_blocks={hidden_blocks}: need {stages - 1} increasing block indices in "
+                             f"1..{depth} for patch_size={patch_size}")
         self.hidden_blocks, self.grid_size = tuple(hidden_blocks), self.encoder.grid_size
         self.out_channels = out_channels
         fs, kw = feature_size, dict(spatial_dims=3, norm_name=norm_name, res_block=True)

@@ -11,7 +11,8 @@ from torch import nn
 
 from rayssl.config import OptimConfig
 
-# Token-like parameters are N-D but, as in MAE, get no weight decay.
+# Fine-tuning only (``finetune.models``): token-like N-D parameters without weight decay, as the
+# ``no_weight_decay_list`` of facebookresearch/mae ``util/lr_decay.py`` ``param_groups_lrd``.
 NO_DECAY_PATTERNS = ("*cls_token", "*pos_embed", "*mask_token")
 
 
@@ -21,8 +22,13 @@ def effective_lr(optim: OptimConfig, total_batch: int) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights; biases, norms and token embeddings without decay."""
-    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_DECAY_PATTERNS)
+    """Pre-training groups: no decay for 1-D params and biases, decay for all else (cls / mask tokens too).
+
+    As facebookresearch/mae ``main_pretrain.py`` (``optim_factory.add_weight_decay(model, wd)``, no skip
+    list) and SelfMedMAE ``lib/trainers/base_trainer.py`` ``get_parameter_groups`` (``MAE3D`` has no
+    ``no_weight_decay``); frozen params (the fixed sin-cos ``pos_embed``) are left out.
+    """
+    return param_groups_weight_decay(model, weight_decay)
 
 
 def make_optimizer(optim: OptimConfig, lr: float) -> Callable[[list], torch.optim.Optimizer]:

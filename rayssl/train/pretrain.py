@@ -106,13 +106,20 @@ def data_plan(cfg: PretrainConfig):
 
         manifest = read_manifest(cfg.data.cache_dir)
         num_cases, channels, source = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"]), None
+        recipe = manifest["recipe"]
     else:
+        from rayssl.data.pipeline import resolve_recipe
         from rayssl.data.sources import resolve_source
 
         source = resolve_source(cfg.data)
         num_cases, channels = len(source.split("train")), source.channels
         if num_cases == 0:
             raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
+        recipe = resolve_recipe(cfg.data, source)
+    if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
+        from rayssl.data.recipes import check_genesis_recipe
+
+        check_genesis_recipe(recipe)
     ds = train_volumes(cfg.data, ["image"], "train", source)
     if isinstance(ds, MaterializedDataset):
         num_cases = ds.count()  # without the quarantined cases
