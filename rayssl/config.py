@@ -78,6 +78,10 @@ class DataConfig(Strict):
     val_fold: int = Field(0, ge=0)
     test_fold: int | None = None
     """Carve a labelled test split out of the training cases (for sources without one)."""
+    train_cases: int | None = Field(None, ge=1)
+    """Keep only this many training cases, a subset drawn with ``subset_seed`` (e.g. the labelled cases
+    of a label-efficiency study); the other training cases are left out of the run. ``None``: all."""
+    subset_seed: int = 0
     seed: int = 0
     strict: bool = False
     """Turn any quarantined input into an error."""

@@ -210,3 +210,23 @@ def test_cxr14_kaggle_layout(tmp_path):
         "b": str(tmp_path / "images_002" / "images" / "b.png"),
     }
     assert {c.split for c in src.cases} == {"train", "val"} and not src.missing  # no list files: k-fold
+
+
+def test_train_cases_keeps_a_seeded_subset_of_training_cases_only(tmp_path):
+    root = _msd(tmp_path / "ds", n=12, test=2)
+    full = resolve_source(DataConfig(source=f"msd:{root}", folds=4))
+    train = {c.case_id for c in full.split("train")}
+    subsets = []
+    for subset_seed in (0, 0, 1):
+        src = resolve_source(DataConfig(source=f"msd:{root}", folds=4, train_cases=3, subset_seed=subset_seed))
+        kept = {c.case_id for c in src.split("train")}
+        assert len(kept) == 3 and kept <= train
+        # validation and test are untouched: every run of a label-efficiency study scores the same cases
+        assert [c.case_id for c in src.cases if c.split != "train"] == [c.case_id for c in full.cases if c.split != "train"]
+        subsets.append(kept)
+    assert subsets[0] == subsets[1] and subsets[0] != subsets[2]
+    # growing the subset keeps the smaller one (the same permutation, cut longer)
+    four = {c.case_id for c in resolve_source(DataConfig(source=f"msd:{root}", folds=4, train_cases=4)).split("train")}
+    assert subsets[0] < four
+    with pytest.raises(ValueError, match="data.train_cases=10 but source .* has only 9 training cases"):
+        resolve_source(DataConfig(source=f"msd:{root}", folds=4, train_cases=10))

@@ -394,4 +394,15 @@ def resolve_source(data: DataConfig) -> Source:
         src = _detect(_abs(spec), spec)
     src.cases = _keep_existing(src.cases, src.missing)
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
+    if data.train_cases is not None:
+        src.cases = _train_subset(src.cases, data.train_cases, data.subset_seed, spec)
     return src
+
+
+def _train_subset(cases: list[Case], n: int, seed: int, spec: str) -> list[Case]:
+    """Keep ``n`` training cases drawn with ``seed`` (independent of the case order), and every other split."""
+    train = sorted((c for c in cases if c.split == "train"), key=lambda c: c.case_id)
+    if n > len(train):
+        raise ValueError(f"data.train_cases={n} but source {spec!r} has only {len(train)} training cases")
+    keep = {train[i].case_id for i in np.random.default_rng([seed, 0x5E7]).permutation(len(train))[:n]}
+    return [c for c in cases if c.split != "train" or c.case_id in keep]

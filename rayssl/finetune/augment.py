@@ -1,7 +1,9 @@
 """The papers' fine-tuning augmentation, applied per sample on the training worker.
 
-3D (UNETR on BTCV): flips p=0.2 per axis, rot90 in the axial plane p=0.2, intensity scale and shift by
-up to 0.1 (MONAI dictionary transforms, image and label together). 2D (MAE fine-tuning on CXR14):
+3D (UNETR on BTCV and BraTS): flips p=0.2 per axis, rot90 in the axial plane p=0.2, intensity scale and
+shift by up to 0.1 with p=0.1 each (MONAI dictionary transforms, image and label together), as SelfMedMAE's
+fine-tuning (``configs/unetr_btcv_1gpu.yaml`` / ``unetr_msdbrats_1gpu.yaml`` ``Rand*_prob``, applied in
+``lib/data/med_transforms.py get_scratch_train_transforms``). 2D (MAE fine-tuning on CXR14):
 RandAugment ``rand-m9-mstd0.5-inc1`` (timm).
 """
 
@@ -18,17 +20,21 @@ class SegAugment:
     Args:
         roi: patch shape (rot90 only when the first two axes are equal, so shapes are kept).
         seed: random seed (per worker).
+        flip_prob, rot90_prob: per-axis flip and axial rot90 probabilities (SelfMedMAE: 0.2).
+        intensity_prob: probability of the intensity scale and, independently, of the shift (SelfMedMAE: 0.1,
+            so about 19% of the samples change intensity).
     """
 
-    def __init__(self, roi, seed: int = 0):
+    def __init__(self, roi, seed: int = 0, flip_prob: float = 0.2, rot90_prob: float = 0.2,
+                 intensity_prob: float = 0.1):
         import monai.transforms as mt
 
         keys = ["image", "label"]
-        steps = [mt.RandFlipd(keys, prob=0.2, spatial_axis=a) for a in range(len(roi))]
+        steps = [mt.RandFlipd(keys, prob=flip_prob, spatial_axis=a) for a in range(len(roi))]
         if roi[0] == roi[1]:
-            steps.append(mt.RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
-        steps += [mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-                  mt.RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
+            steps.append(mt.RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)))
+        steps += [mt.RandScaleIntensityd("image", factors=0.1, prob=intensity_prob),
+                  mt.RandShiftIntensityd("image", offsets=0.1, prob=intensity_prob)]
         self.transform = mt.Compose(steps).set_random_state(seed)
 
     def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:

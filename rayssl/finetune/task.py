@@ -19,7 +19,7 @@ def label_mode(cfg: FinetuneConfig, source: Source) -> str:
     elif cfg.model.arch == "vit_classifier":
         mode = "multilabel"
     else:
-        mode = "brats_regions" if (cfg.data.recipe or source.recipe) == "mri_brats" else "multiclass"
+        mode = "brats_regions" if (cfg.data.recipe or source.recipe) in ("mri_brats", "mri_genesis") else "multiclass"
     if (mode == "multilabel") != (cfg.model.arch == "vit_classifier"):
         raise ValueError(f"task.labels={mode} does not fit model.arch={cfg.model.arch}")
     return mode
@@ -53,15 +53,26 @@ def task_spec(cfg: FinetuneConfig, source: Source) -> dict:
             "channels": source.channels, "loss": loss}
 
 
-class SegLoss(nn.Module):
-    """DiceCE / Dice on logits ``[N, K, *roi]`` and label maps ``[N, *roi]`` (softmax one-hot or BraTS sigmoid regions)."""
+# SelfMedMAE's segmentation losses (lib/trainers/seg_trainer.py build_model; smooth_* from
+# configs/unetr_btcv_1gpu.yaml and unetr_msdbrats_1gpu.yaml): squared denominators (V-Net style), no smoothing
+# in the numerator and 1e-6 in the denominator, background channel included (MONAI's default, not overridden).
+# Where the paper's prose and the released code could differ, the code (what the configs above run) is followed.
+DICE_OPTIONS = {"squared_pred": True, "smooth_nr": 0.0, "smooth_dr": 1e-6, "include_background": True}
 
-    def __init__(self, mode: str, loss: str):
+
+class SegLoss(nn.Module):
+    """DiceCE / Dice on logits ``[N, K, *roi]`` and label maps ``[N, *roi]`` (softmax one-hot or BraTS sigmoid regions).
+
+    The Dice term uses :data:`DICE_OPTIONS` (SelfMedMAE's); ``dice_options`` overrides single entries.
+    """
+
+    def __init__(self, mode: str, loss: str, **dice_options):
         super().__init__()
         from monai.losses import DiceCELoss, DiceLoss
 
         self.mode = mode
         kw = dict(sigmoid=True) if mode == "brats_regions" else dict(softmax=True, to_onehot_y=True)
+        kw.update(DICE_OPTIONS, **dice_options)
         self.fn = DiceCELoss(**kw) if loss == "dicece" else DiceLoss(**kw)
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
