@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 RECIPES = ("ct_btcv", "ct_genesis", "mri_brats", "mri_genesis", "cxr", "none")
-SAMPLINGS = ("random", "balanced", "genesis", "tissue", "grid")
+SAMPLINGS = ("random", "balanced", "classes", "genesis", "tissue", "grid")
 
 
 class ConfigError(ValueError):
@@ -40,7 +40,7 @@ class DataConfig(Strict):
     roi: tuple[int, ...] = (96, 96, 96)
     """Patch (sub-volume) shape: 3 ints for volumes, 2 for images."""
     patches_per_volume: int = Field(4, ge=1)
-    sampling: Literal["random", "balanced", "genesis", "tissue", "grid"] = "random"
+    sampling: Literal["random", "balanced", "classes", "genesis", "tissue", "grid"] = "random"
     """``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
     prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT without lungs such
     as the synthetic abdominal phantoms (``tiny_genesis``, and ``genesis_btcv``'s self pre-training on

@@ -91,6 +91,23 @@ def test_balanced_all_positive():
     assert all((p["label"] > 0).any() for p in patches)
 
 
+def test_classes_centres_crops_on_each_class_equally():
+    vol = _volume(shape=(40, 40, 20))
+    vol["label"][:] = 0
+    vol["label"][30:33, 5:8, 14:16] = 2  # a small organ far from the centre ...
+    vol["label"][5:25, 10:30, 2:12] = 1  # ... and a large one
+    data = _data(sampling="classes", patches_per_volume=300)
+    patches = sample_patches(vol, data, case_rng(3, "case_0"))
+    # the crop centre voxel (roi 8x8x4 -> offset 4,4,2; crops near the border are shifted inside)
+    centre = [int(vol["label"][tuple(o + r // 2 for o, r in zip(p["origin"], (8, 8, 4)))]) for p in patches]
+    small = sum((p["label"] == 2).any() for p in patches)
+    # each of the 3 classes present is picked with probability 1/3; the small organ (18 voxels of
+    # 32000) would be in a uniform crop's centre almost never
+    assert 70 <= centre.count(1) <= 130 and 70 <= small <= 140
+    # unlabelled cases fall back to uniform crops
+    assert len(sample_patches({**vol, "label": None}, data, case_rng(3, "case_0"))) == 300
+
+
 def test_tissue_rejects_mostly_air():
     vol = _volume(shape=(40, 32, 16), label=False)
     vol["image"][:] = 0.0  # air everywhere ...

@@ -108,6 +108,22 @@ def _balanced(rng, label, n, pos_fraction, shape, roi) -> list[tuple[int, ...]]:
     return [origins[i] for i in order]
 
 
+def _by_class(rng, label, n, shape, roi) -> list[tuple[int, ...]]:
+    # MONAI's RandCropByLabelClasses with equal ratios: each crop picks one of the classes present in the
+    # case (background included) uniformly, then centres on a random voxel of that class, so small organs
+    # are seen as often as large ones
+    if label is None:
+        return [_uniform(rng, shape, roi) for _ in range(n)]
+    flat = label.ravel()
+    classes = np.unique(flat)
+    picked = rng.choice(classes, size=n, replace=True)
+    origins = []
+    for k in picked:
+        voxels = np.flatnonzero(flat == k)
+        origins.append(_centred(np.unravel_index(voxels[rng.integers(voxels.size)], shape), shape, roi))
+    return origins
+
+
 def _tissue_fraction(image: np.ndarray, origin, roi, threshold: float) -> float:
     crop = image[(slice(None), *(slice(o, o + r) for o, r in zip(origin, roi)))]
     return float((crop > threshold).mean())
@@ -202,7 +218,9 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
 
     Modes (``data.sampling``): ``random`` uniform crops; ``balanced`` a fraction ``data.pos_fraction`` of
     crops centred on a random labelled voxel (> 0), the rest uniform (all uniform when the case has no
-    foreground); ``genesis`` the Models Genesis chest CT rule: lung-dominant crops, at least
+    foreground); ``classes`` each crop centred on a voxel of a class drawn uniformly among the classes
+    present (MONAI ``RandCropByLabelClasses`` with equal ratios; uniform without a label); ``genesis`` the
+    Models Genesis chest CT rule: lung-dominant crops, at least
     ``data.genesis_margin`` voxels from the borders, whose fraction of voxels at or above
     ``data.genesis_hu`` (-150 HU, via the recipe's window; see :func:`genesis_threshold`), each weighted by
     a ``GENESIS_LOOKAHEAD``-slice look-ahead in depth (1 if dense, 0.5 if the next slice is, else 0), is
@@ -245,6 +263,8 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
         origins = [(0,) * len(roi)]
     elif data.sampling == "grid":
         origins = grid_origins(shape, roi, data.grid_overlap)
+    elif data.sampling == "classes":
+        origins = _by_class(rng, label, n, shape, roi)
     elif data.sampling == "balanced":
         origins = _balanced(rng, label, n, data.pos_fraction, shape, roi)
     elif data.sampling == "genesis":

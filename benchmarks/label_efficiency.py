@@ -1,0 +1,214 @@
+"""Label efficiency of self pre-training: test Dice against the number of labelled training cases.
+
+    python benchmarks/label_efficiency.py --source SPEC [--recipe NAME] [--methods mae,genesis] [--labelled 1,2,4]
+        [--seeds 3] [--pretrain-epochs N] [--epochs N] [--roi R] [--out DIR]
+
+Protocol:
+
+* Each method pre-trains once, without labels, on all training cases of the source (self pre-training);
+  every fine-tuning run of that method starts from it.
+* For each k in ``--labelled`` and each seed, fine-tuning sees k labelled training cases (a subset drawn
+  with the seed, ``data.train_cases`` / ``data.subset_seed``). The pre-trained arm has a scratch twin with
+  the same subset, budget, crops, seed and evaluation.
+* Every run is scored on the same held-out test cases (and validated on the same validation cases).
+* An epoch is ``CROPS_PER_EPOCH`` crops whatever k is (``data.patches_per_volume`` = CROPS_PER_EPOCH / k),
+  so all runs train for the same number of steps.
+
+MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own).
+Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
+(``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI.
+
+Writes ``DIR/label_efficiency.json`` (``rows``, ``summary``, ``settings``) and ``DIR/label_efficiency.png``,
+prints the summary table; the last printed line is the JSON path. Re-running with the same ``--out`` and
+the same settings reuses the runs already finished there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+CROPS_PER_EPOCH = 32
+"""Training crops per fine-tuning epoch, whatever the number of labelled cases."""
+SPLIT = ["data.folds=4", "data.val_fold=0", "data.test_fold=1"]
+"""A quarter of the cases validate, a quarter test, half train (pre-training sees those only)."""
+GENESIS_UNET = ["model.unet_base_channels=8", "model.unet_norm=instance"]  # as the tiny_genesis preset
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="synthetic:ct:12", help="any data source SPEC, e.g. msd:/data/Task09_Spleen")
+    p.add_argument("--recipe", default=None, help="preprocessing recipe of the MAE arms (default: the source's)")
+    p.add_argument("--methods", default="mae,genesis", help="comma-separated: mae, genesis")
+    p.add_argument("--labelled", default="1,2,4", help="comma-separated numbers of labelled training cases")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--pretrain-epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=12, help=f"fine-tuning epochs of {CROPS_PER_EPOCH} crops")
+    p.add_argument("--roi", type=int, default=32, help="cubic crop size for pre-training and fine-tuning")
+    p.add_argument("--out", default="runs/benchmarks/label_efficiency")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.labelled = sorted({int(k) for k in args.labelled.split(",") if k.strip()})
+    bad = [m for m in args.methods if m not in ("mae", "genesis")]
+    if bad or not args.methods:
+        p.error(f"--methods: unknown {bad or 'empty'}; choose from mae, genesis")
+    if not args.labelled or min(args.labelled) < 1 or args.seeds < 1:
+        p.error("--labelled needs positive integers and --seeds >= 1")
+    return args
+
+
+def recipes(source: str, recipe: str | None) -> dict[str, str]:
+    """The recipe of each method's arms: MAE's as given (or the source's), Genesis' [0, 1] form of it."""
+    from rayssl.config import DataConfig
+    from rayssl.data.recipes import genesis_recipe
+    from rayssl.data.sources import resolve_source
+
+    mae = recipe or resolve_source(DataConfig(source=source)).recipe
+    return {"mae": mae, "genesis": genesis_recipe(mae)}
+
+
+def check_labelled(source: str, labelled: list[int]) -> int:
+    """The number of training cases, after checking that the largest k fits (before any Ray work)."""
+    from rayssl.config import DataConfig, build_config
+    from rayssl.data.sources import resolve_source
+
+    data = build_config(DataConfig, {"source": source, "folds": 4, "val_fold": 0, "test_fold": 1})
+    src = resolve_source(data)
+    n_train = len(src.split("train"))
+    if not src.split("test") or not src.split("val"):
+        raise SystemExit(f"error: source {source!r} needs cases for validation and test (4 folds)")
+    if max(labelled) > n_train:
+        raise SystemExit(f"error: --labelled {max(labelled)} but source {source!r} has {n_train} training cases")
+    return n_train
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per method and k: the mean test Dice of each arm and the gain of pre-training, per seed."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for k in sorted({r["labelled"] for r in rows if r["method"] == method}):
+            pick = {(r["arm"], r["seed"]): r["test_dice"] for r in rows if r["method"] == method and r["labelled"] == k}
+            seeds = sorted({s for _, s in pick})
+            gains = [pick[("pretrained", s)] - pick[("scratch", s)] for s in seeds]
+            pre = [pick[("pretrained", s)] for s in seeds]
+            scr = [pick[("scratch", s)] for s in seeds]
+            out.append({
+                "method": method, "labelled": k,
+                "pretrained_mean": statistics.mean(pre), "scratch_mean": statistics.mean(scr),
+                "gain_mean": statistics.mean(gains), "gain_per_seed": gains,
+                "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
+            })
+    return out
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for arm, colour in (("pretrained", "tab:blue"), ("scratch", "tab:grey")):
+            ks = sorted({r["labelled"] for r in rows if r["method"] == method})
+            vals = [[r["test_dice"] for r in rows if (r["method"], r["arm"], r["labelled"]) == (method, arm, k)] for k in ks]
+            mean = [statistics.mean(v) for v in vals]
+            ax.plot(ks, mean, "o-", color=colour, label=f"{arm} (mean)")
+            ax.fill_between(ks, [min(v) for v in vals], [max(v) for v in vals], color=colour, alpha=0.2,
+                            label=f"{arm} (seed range)")
+        ax.set(title=f"{method}: test mean Dice", xlabel="labelled training cases", ylabel="test mean Dice",
+               xscale="log", xticks=ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out).resolve()
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings_file = out / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise SystemExit(f"error: {out} holds runs made with other settings ({settings_file}); pass another --out")
+    n_train = check_labelled(args.source, args.labelled)
+    recipe = recipes(args.source, args.recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings, indent=1))
+
+    from rayssl.cli import init_ray
+    from rayssl.config import FinetuneConfig, PretrainConfig, load_config
+    from rayssl.finetune.driver import finetune
+    from rayssl.train.pretrain import pretrain
+
+    init_ray()
+    roi = f"data.roi=[{args.roi},{args.roi},{args.roi}]"
+    common = [f"data.source={args.source}", roi, *SPLIT, f"run.storage_path={out}", "run.preview_every=0"]
+    print(f"[label_efficiency] {args.source}: {n_train} training cases; recipes {recipe}; methods {args.methods}; "
+          f"labelled {args.labelled}; {args.seeds} seeds", flush=True)
+
+    def pretrained(method: str) -> str:
+        name = f"pre-{method}"
+        run = out / name
+        if (run / "result.json").is_file():
+            print(f"[label_efficiency] reusing {run}", flush=True)
+            return str(run)
+        preset = "tiny" if method == "mae" else "tiny_genesis"
+        extra = [] if method == "mae" else GENESIS_UNET
+        cfg = load_config(PretrainConfig, "pretrain", preset, overrides=[
+            *common, f"data.recipe={recipe[method]}", *extra, f"epochs={args.pretrain_epochs}", f"run.name={name}"])
+        return pretrain(cfg)
+
+    def finetuned(method: str, arm: str, k: int, seed: int, encoder: str) -> dict:
+        name = f"ft-{method}-{arm}-k{k}-s{seed}"
+        result_file = out / name / "result.json"
+        if not result_file.is_file():
+            arch = ["model.arch=unetr"] if method == "mae" else ["model.arch=genesis_unet", *GENESIS_UNET]
+            cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
+                *common, f"data.recipe={recipe[method]}", *arch, f"pretrained={encoder if arm == 'pretrained' else 'none'}",
+                f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",
+                f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 3)}",
+                "eval.save_predictions=0", "eval.overlays=0", "eval.hd95=false", f"run.name={name}"])
+            t = time.perf_counter()
+            finetune(cfg)
+            (out / name / "wall_s.txt").write_text(f"{time.perf_counter() - t:.1f}")
+        result = json.loads(result_file.read_text())
+        row = {"method": method, "arm": arm, "labelled": k, "seed": seed,
+               "test_dice": result["test"]["mean_dice"], "val_dice": result["val"]["mean_dice"],
+               "wall_s": float((out / name / "wall_s.txt").read_text()),
+               "pretrained_tensors": result["pretrained"]["loaded"]}
+        print(f"[label_efficiency] {method} {arm} k={k} seed {seed}: test Dice {row['test_dice']:.4f} "
+              f"({row['wall_s']:.0f} s)", flush=True)
+        return row
+
+    t0 = time.perf_counter()
+    rows, pretrain_s = [], {}
+    for method in args.methods:
+        t = time.perf_counter()
+        encoder = pretrained(method)
+        pretrain_s[method] = time.perf_counter() - t
+        for k in args.labelled:
+            for seed in range(args.seeds):
+                rows += [finetuned(method, arm, k, seed, encoder) for arm in ("pretrained", "scratch")]
+
+    summary = summarise(rows)
+    print(f"\n{'method':<8} {'k':>3} {'pretrained':>11} {'scratch':>9} {'gain':>8}  gain per seed")
+    for s in summary:
+        print(f"{s['method']:<8} {s['labelled']:>3} {s['pretrained_mean']:>11.4f} {s['scratch_mean']:>9.4f} "
+              f"{s['gain_mean']:>+8.4f}  {', '.join(f'{g:+.4f}' for g in s['gain_per_seed'])}")
+    report = {"settings": settings, "recipes": recipe, "train_cases": n_train, "rows": rows, "summary": summary,
+              "pretrain_wall_s": pretrain_s, "wall_s": time.perf_counter() - t0}
+    (out / "label_efficiency.json").write_text(json.dumps(report, indent=1))
+    plot(rows, out / "label_efficiency.png")
+    print(out / "label_efficiency.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks/label_efficiency.py: its arguments, recipes and summary (the runs themselves are the benchmark)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("label_efficiency", Path(__file__).parents[1] / "benchmarks/label_efficiency.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_arguments_and_their_errors():
+    args = bench.parse_args(["--source", "synthetic:mri:8", "--methods", "genesis, mae", "--labelled", "4,1,2,1"])
+    assert args.methods == ["genesis", "mae"] and args.labelled == [1, 2, 4] and args.seeds == 3
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "simclr"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--labelled", "0,2"])
+
+
+def test_genesis_arms_get_the_unit_range_form_of_the_recipe(tmp_path):
+    from rayssl.data.synthetic import make_mri_phantoms
+
+    root = make_mri_phantoms(tmp_path / "mri", n=2, seed=0, shape=(16, 16, 16))
+    assert bench.recipes(f"msd:{root}", None) == {"mae": "mri_brats", "genesis": "mri_genesis"}
+    assert bench.recipes(f"msd:{root}", "mri_genesis") == {"mae": "mri_genesis", "genesis": "mri_genesis"}
+    assert bench.recipes("synthetic:ct:2", "ct_btcv") == {"mae": "ct_btcv", "genesis": "ct_btcv"}
+    with pytest.raises(ValueError, match="no Models Genesis form"):
+        bench.recipes("synthetic:ct:2", "none")
+
+
+def test_too_many_labelled_cases_is_an_error_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--labelled 9 but source .* has 4 training cases"):
+        bench.main(["--source", "synthetic:ct:8", "--labelled", "1,9", "--out", str(tmp_path / "le")])
+    assert not (tmp_path / "le").exists()
+
+
+def test_summary_gains_per_seed_by_hand():
+    rows = []
+    for seed, (pre, scr) in enumerate([(0.6, 0.5), (0.7, 0.4), (0.5, 0.5)]):
+        rows += [{"method": "mae", "arm": "pretrained", "labelled": 1, "seed": seed, "test_dice": pre},
+                 {"method": "mae", "arm": "scratch", "labelled": 1, "seed": seed, "test_dice": scr}]
+    (s,) = bench.summarise(rows)
+    assert s["method"] == "mae" and s["labelled"] == 1
+    assert s["pretrained_mean"] == pytest.approx(0.6) and s["scratch_mean"] == pytest.approx(1.4 / 3)
+    assert s["gain_per_seed"] == pytest.approx([0.1, 0.3, 0.0]) and s["gain_mean"] == pytest.approx(0.4 / 3)
+    assert s["gain_std"] == pytest.approx(0.152752523, rel=1e-6)
+
+
+def test_settings_guard_refuses_to_mix_runs(tmp_path):
+    out = tmp_path / "le"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"seeds": 99}))
+    with pytest.raises(SystemExit, match="holds runs made with other settings"):
+        bench.main(["--out", str(out)])
