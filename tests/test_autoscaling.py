@@ -118,7 +118,8 @@ def scenario(tmp_path_factory):
 
         run_dir = tmp / "runs" / "elastic"
         cmd = [
-            sys.executable, "jobs/pretrain.py", "data.source=synthetic:ct:2", f"data.synthetic_dir={tmp / 'synthetic'}",
+            sys.executable, "jobs/pretrain.py", "data.source=synthetic:ct:4", f"data.synthetic_dir={tmp / 'synthetic'}",
+            "data.folds=2", "data.test_fold=null",  # 2 training cases: one per worker
             "data.roi=[32,32,32]", "data.patches_per_volume=16", "batch_size=4", f"max_steps={MAX_STEPS}",
             f"run.checkpoint_every={CHECKPOINT_EVERY}", f"run.log_every={LOG_EVERY}", "run.preview_every=0",
             "run.max_failures=3", "scale.num_workers=2", "scale.cpus_per_worker=2", "scale.use_gpu=false",

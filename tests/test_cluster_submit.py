@@ -171,6 +171,7 @@ def test_submitted_pretraining_joins_the_cluster_and_exports_weights(head, tmp_p
     status, logs = submit(
         head,
         "python", "jobs/pretrain.py", "data.source=synthetic:ct:2", f"data.synthetic_dir={tmp_path / 'synthetic'}",
+        "data.test_fold=null",  # of the 2 cases, one validates and one trains
         "data.roi=[32,32,32]", "data.patches_per_volume=4", "batch_size=4", "max_steps=4",
         "run.checkpoint_every=2", "run.log_every=2", "run.preview_every=0", "scale.cpus_per_worker=1",
         f"run.storage_path={tmp_path / 'runs'}", "run.name=submitted",

@@ -97,3 +97,11 @@ def test_ray_train_shard_gives_new_crops_each_epoch(ray_session, tmp_path):
     assert len(e0) == len(e1) == 4 * 2 and e0 != e1  # 2 training cases of 3 (fold 0 is validation)
     rerun = train_volumes(data, ["image", "label"]).iterator()  # a second run, same seed
     assert epoch_crops(rerun, 0) == e0 and epoch_crops(rerun, 1) == e1
+
+
+def test_fewer_training_cases_than_workers_is_an_error_before_ray():
+    from rayssl.train.pretrain import check_cases_per_worker
+
+    check_cases_per_worker(2, 2, "synthetic:ct:4")
+    with pytest.raises(ValueError, match=r"has 1 training case\(s\) but scale.num_workers asks for 2 workers"):
+        check_cases_per_worker(1, 2, "synthetic:ct:2")

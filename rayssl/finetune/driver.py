@@ -21,7 +21,7 @@ from rayssl.finetune.task import case_dicts, load_eval_cases, task_spec
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles, is_uri
 from rayssl.train.optim import effective_lr
-from rayssl.train.pretrain import scaling_config
+from rayssl.train.pretrain import check_cases_per_worker, scaling_config
 
 
 def default_run_name(cfg: FinetuneConfig) -> str:
@@ -53,6 +53,7 @@ def plan_run(cfg: FinetuneConfig, run_dir: str) -> dict:
                          f"{len(train)} train / {len(val)} val (check data.folds / data.val_fold)")
     if spec["mode"] != "multilabel" and any(c.label is None for c in train + val + test):
         raise ValueError(f"data.source={cfg.data.source!r}: segmentation needs a label for every case")
+    check_cases_per_worker(len(train), _max_workers(cfg), cfg.data.source)
     pretrained = resolve_pretrained(cfg.pretrained)
     report = load_pretrained(build_model(cfg, spec["channels"], spec["num_classes"]), cfg.pretrained)
     total_batch = cfg.batch_size * cfg.optim.grad_accum * _max_workers(cfg)

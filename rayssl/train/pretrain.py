@@ -81,6 +81,13 @@ def use_gpu(cfg: PretrainConfig) -> bool:
     return gpu
 
 
+def check_cases_per_worker(num_cases: int, workers: int, source: str) -> None:
+    """Every worker crops its own share of the training cases (Ray Train splits them equally)."""
+    if num_cases < workers:
+        raise ValueError(f"data.source={source!r} has {num_cases} training case(s) but scale.num_workers asks for "
+                         f"{workers} workers; each worker needs at least one case (fewer workers or more cases)")
+
+
 def scaling_config(cfg: PretrainConfig) -> ray.train.ScalingConfig:
     gpu = use_gpu(cfg)
     wanted = cfg.scale.cpus_per_worker * _max_workers(cfg)
@@ -116,6 +123,7 @@ def data_plan(cfg: PretrainConfig):
         if num_cases == 0:
             raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
         recipe = resolve_recipe(cfg.data, source)
+    check_cases_per_worker(num_cases, _max_workers(cfg), cfg.data.source)
     if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
         from rayssl.data.recipes import check_genesis_recipe
 
