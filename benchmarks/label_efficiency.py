@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--labelled", default="1,2,4", help="comma-separated numbers of labelled training cases")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--pretrain-epochs", type=int, default=60)
-    p.add_argument("--epochs", type=int, default=12, help=f"fine-tuning epochs of {CROPS_PER_EPOCH} crops")
+    p.add_argument("--epochs", type=int, default=10, help=f"fine-tuning epochs of {CROPS_PER_EPOCH} crops")
     p.add_argument("--roi", type=int, default=32, help="cubic crop size for pre-training and fine-tuning")
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel spacing in mm of every arm "
                    "(the tiny presets' 3 mm; 0: the recipe's own)")
