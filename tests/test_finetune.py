@@ -52,7 +52,7 @@ def test_finetuned_dice_far_above_chance(runs):
     assert result["pretrained"]["source"] == str((pre / "export" / "encoder.safetensors").resolve())
     assert result["pretrained"]["loaded"] == 54 and result["pretrained"]["pos_embed_interpolated"] is None
     cases = [Case(**c) for c in json.loads((run_dir / "plan_cases.json").read_text())["test"]]
-    labels = [load_case(c, "ct_btcv")["label"] for c in cases]
+    labels = [load_case(c, "ct_btcv", cfg.data.spacing)["label"] for c in cases]
     chance = chance_dice(labels, 8)
     test = result["test"]
     assert chance < 0.05 and test["mean_dice"] > 3 * chance, (test, chance)
@@ -74,14 +74,14 @@ def test_per_case_csv_nifti_with_input_affine_and_overlays(runs):
     from rayssl.data.recipes import load_case
     from rayssl.data.sources import Case
 
-    _, _, run_dir = runs
+    _, cfg, run_dir = runs
     test_cases = {c["case_id"]: Case(**c) for c in json.loads((run_dir / "plan_cases.json").read_text())["test"]}
     with (run_dir / "cases_test.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["case_id"] for r in rows} == set(test_cases) and len(rows) == 2
     assert {"dice_liver", "hd95_liver", "mean_dice", "mean_hd95"} <= set(rows[0])
     for case_id, case in test_cases.items():
-        vol = load_case(case, "ct_btcv")
+        vol = load_case(case, "ct_btcv", cfg.data.spacing)  # the grid the run predicted on
         img = nib.load(str(run_dir / "predictions" / f"{case_id}.nii.gz"))
         assert img.shape == vol["label"].shape
         assert np.allclose(img.affine, vol["affine"], atol=1e-4)
