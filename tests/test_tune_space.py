@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rayssl.config import ConfigError, SweepConfig, load_config
+from rayssl.config import ConfigError, PretrainConfig, SweepConfig, load_config
 from rayssl.tune.space import build_search_space, check_space, default_params, trial_configs
 from rayssl.tune.sweep import asha_max_t, concurrent_trials, plan_sweep
 
@@ -95,8 +95,10 @@ def test_trial_configs_apply_searched_values_and_share_the_finetuning_split():
     assert trial_configs(other, {})[0].data.source == "synthetic:ct:12"
     own = load_config(SweepConfig, "tune", "tiny", overrides=["pretrain.data.source=synthetic:ct:20"])
     pre_own = trial_configs(own, {})[0]
-    assert pre_own.data.source == "synthetic:ct:20" and pre_own.data.test_fold is None  # its own data, its own split
-    assert default_params(cfg) == {"mask_ratio": 0.75, "layer_decay": 0.75, "drop_path": 0.1, "lr": 2e-3}
+    # its own data, the pre-training preset's own split
+    own_split = load_config(PretrainConfig, "pretrain", "tiny").data
+    assert pre_own.data.source == "synthetic:ct:20" and pre_own.data.test_fold == own_split.test_fold
+    assert default_params(cfg) == {"mask_ratio": 0.75, "layer_decay": 0.75, "drop_path": 0.1, "lr": 5e-3}
     with pytest.raises(ConfigError, match="fine-tuning config of the sweep.*\n  epochs"):
         trial_configs(load_config(SweepConfig, "tune", "tiny", overrides=["finetune.epochs=0"]), {})
 

@@ -28,7 +28,7 @@ def test_key_covers_result_changing_fields_only():
     assert base.startswith("custom-mae-m0.75-s0-")
     assert base == store_key(bucketed(tiny("model.mask_ratio=0.75", "run.name=x", "run.storage_path=/elsewhere",
                                            "run.log_every=1"), 0.05))
-    for other in ("model.mask_ratio=0.7", "seed=1", "data.source=synthetic:ct:6", "epochs=3", "data.roi=[32,32,32]",
+    for other in ("model.mask_ratio=0.7", "seed=1", "data.source=synthetic:ct:6", "epochs=3", "data.roi=[48,48,48]",
                   "optim.lr=1e-4", "scale.num_workers=2"):
         assert store_key(bucketed(tiny("model.mask_ratio=0.75", other), 0.05)) != base, other
     genesis = load_config(PretrainConfig, "pretrain", "tiny_genesis")
