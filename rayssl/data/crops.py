@@ -30,9 +30,10 @@ def patches_per_case(data: DataConfig, shape: tuple[int, ...] | None = None) -> 
     volume of ``shape`` equal to the ROI), else ``data.patches_per_volume``."""
     from rayssl.data.pipeline import image_size_2d
 
-    whole = tuple(data.roi) == (image_size_2d(data),) * 2 if len(data.roi) == 2 else False
     if shape is not None:
         whole = tuple(shape[1:]) == tuple(data.roi)
+    else:
+        whole = len(data.roi) == 2 and tuple(data.roi) == (image_size_2d(data),) * 2
     return 1 if whole else data.patches_per_volume
 
 
