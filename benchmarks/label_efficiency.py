@@ -12,7 +12,10 @@ Protocol:
   the same subset, budget, crops, seed and evaluation.
 * Every run is scored on the same held-out test cases (and validated on the same validation cases).
 * An epoch is ``CROPS_PER_EPOCH`` crops whatever k is (``data.patches_per_volume`` = CROPS_PER_EPOCH / k),
-  so all runs train for the same number of steps.
+  so all runs train for the same number of steps (the defaults: 30 epochs of 8 steps of 4 crops, validated
+  half-way and at the end; the best of the two is tested).
+* Every run is one Ray Train worker that holds all the node's CPUs (the volumes are preprocessed into Ray's
+  object store before training starts, so Ray Data needs none while it trains).
 
 MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own).
 Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
@@ -46,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", default="mae,genesis", help="comma-separated: mae, genesis")
     p.add_argument("--labelled", default="1,2,4", help="comma-separated numbers of labelled training cases")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--pretrain-epochs", type=int, default=60)
-    p.add_argument("--epochs", type=int, default=10, help=f"fine-tuning epochs of {CROPS_PER_EPOCH} crops")
+    p.add_argument("--pretrain-epochs", type=int, default=80, help="pre-training epochs (12 steps each "
+                   "on 6 training cases with the tiny presets)")
+    p.add_argument("--epochs", type=int, default=30, help=f"fine-tuning epochs of {CROPS_PER_EPOCH} crops")
     p.add_argument("--roi", type=int, default=32, help="cubic crop size for pre-training and fine-tuning")
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel spacing in mm of every arm "
                    "(the tiny presets' 3 mm; 0: the recipe's own)")
@@ -151,9 +155,13 @@ def main(argv=None) -> None:
     from rayssl.train.pretrain import pretrain
 
     init_ray()
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     roi = f"data.roi=[{args.roi},{args.roi},{args.roi}]"
     spacing = f"data.spacing=[{args.spacing},{args.spacing},{args.spacing}]" if args.spacing > 0 else "data.spacing=null"
-    common = [f"data.source={args.source}", roi, spacing, *SPLIT, f"run.storage_path={out}", "run.preview_every=0"]
+    common = [f"data.source={args.source}", roi, spacing, *SPLIT, f"run.storage_path={out}", "run.preview_every=0",
+              f"scale.cpus_per_worker={cpus}"]
     print(f"[label_efficiency] {args.source}: {n_train} training cases; recipes {recipe}; methods {args.methods}; "
           f"labelled {args.labelled}; {args.seeds} seeds", flush=True)
 
@@ -177,7 +185,7 @@ def main(argv=None) -> None:
             cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
                 *common, f"data.recipe={recipe[method]}", *arch, f"pretrained={encoder if arm == 'pretrained' else 'none'}",
                 f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",
-                f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 3)}",
+                f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 2)}",
                 "eval.save_predictions=0", "eval.overlays=0", "eval.hd95=false", f"run.name={name}"])
             t = time.perf_counter()
             finetune(cfg)

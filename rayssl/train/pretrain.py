@@ -91,7 +91,8 @@ def check_cases_per_worker(num_cases: int, workers: int, source: str) -> None:
 def scaling_config(cfg: PretrainConfig) -> ray.train.ScalingConfig:
     gpu = use_gpu(cfg)
     wanted = cfg.scale.cpus_per_worker * _max_workers(cfg)
-    if wanted >= ray.cluster_resources().get("CPU", 0) > 0:
+    streams = cfg.data.cache_dir or not cfg.data.keep_volumes  # else the volumes are in the object store first
+    if streams and wanted >= ray.cluster_resources().get("CPU", 0) > 0:
         print(
             f"[rayssl] warning: the train workers reserve {wanted:g} of the cluster's "
             f"{ray.cluster_resources()['CPU']:g} CPUs and Ray Data needs some to feed them; unless the "
