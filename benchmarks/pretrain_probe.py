@@ -51,10 +51,10 @@ def main(argv=None) -> None:
 
     from rayssl.config import PretrainConfig
     from rayssl.data.pipeline import resolve_recipe
-    from rayssl.data.recipes import load_case
+    from rayssl.data.preprocess import load_case
     from rayssl.data.sources import resolve_source
     from rayssl.train.checkpoint import load_weights
-    from rayssl.train.methods import build_model
+    from rayssl.pretrain.methods import build_model
 
     run = Path(args.run_dir)
     cfg = PretrainConfig.model_validate(json.loads((run / "config.json").read_text()))

@@ -6,21 +6,14 @@ With no arguments: the ``tiny`` preset (UNETR from the newest tiny MAE pre-train
 CT phantoms). The last printed line is the run directory (``result.json``, per-case CSV, NIfTI, PNG).
 """
 
-import sys
-
-from rayssl.cli import init_ray, parse_job_args
+from rayssl.cli import before_ray, parse_job_args
 from rayssl.config import FinetuneConfig
 
 if __name__ == "__main__":
     cfg, _ = parse_job_args("finetune", FinetuneConfig, __doc__.splitlines()[0], default_preset="tiny")
-    from rayssl.finetune.weights import resolve_pretrained
+    from rayssl.finetune.driver import finetune, plan_finetune
+    from rayssl.train.launch import init_ray
 
-    try:
-        resolve_pretrained(cfg.pretrained)  # a missing checkpoint fails before Ray starts
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    plan = before_ray(plan_finetune, cfg)  # source, task, pre-trained weights, checked before Ray starts
     init_ray()
-    from rayssl.finetune.driver import finetune
-
-    print(finetune(cfg))
+    print(finetune(cfg, plan=plan))

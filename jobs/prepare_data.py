@@ -7,9 +7,7 @@ Joins the cluster in ``RAY_ADDRESS`` if set, else starts a local Ray. The last p
 output folder.
 """
 
-import sys
-
-from rayssl.cli import init_ray, parse_job_args
+from rayssl.cli import fail, parse_job_args
 from rayssl.config import PrepareConfig
 
 
@@ -26,9 +24,10 @@ if __name__ == "__main__":
         if args.out is not None:
             cfg.out = args.out
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    init_ray()
+        fail(str(e))
     from rayssl.data.pipeline import prepare
+    from rayssl.train.launch import init_ray
+
+    init_ray()
 
     print(prepare(cfg))

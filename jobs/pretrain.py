@@ -6,12 +6,14 @@ With no arguments: the ``tiny`` preset on the embedded synthetic CT phantoms, lo
 The last printed line is the run directory.
 """
 
-from rayssl.cli import init_ray, parse_job_args
+from rayssl.cli import before_ray, parse_job_args
 from rayssl.config import PretrainConfig
 
 if __name__ == "__main__":
     cfg, _ = parse_job_args("pretrain", PretrainConfig, __doc__.splitlines()[0], default_preset="tiny")
-    init_ray()
-    from rayssl.train.pretrain import pretrain
+    from rayssl.pretrain.driver import plan_pretrain, pretrain
+    from rayssl.train.launch import init_ray
 
-    print(pretrain(cfg))
+    plan = before_ray(plan_pretrain, cfg)  # the source, its cases and the recipe, checked before Ray starts
+    init_ray()
+    print(pretrain(cfg, plan=plan))

@@ -1,20 +1,31 @@
-"""What every job in ``jobs/`` shares: argument parsing into a typed config, and Ray start-up."""
+"""What every job in ``jobs/`` shares: argument parsing into a typed config, the console, and checks that
+fail before Ray starts."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from typing import Callable, TypeVar
 
 from rayssl.config import ConfigError, load_config
+from rayssl.logs import configure_logging
+
+T = TypeVar("T")
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` and exit with status 2 (a usage or input error, before Ray starts)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def parse_job_args(job: str, cls, description: str, default_preset: str | None = None, argv=None, extra=None):
     """Parse ``[--preset NAME] [--config FILE] [key=value ...]`` into a validated ``cls`` config.
 
     ``extra(parser)`` may add job-specific flags; they are returned in the namespace. A config
-    error prints the message and exits with status 2, before Ray starts.
+    error prints the message and exits with status 2, before Ray starts. Sets up rayssl's console.
     """
+    configure_logging()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", default=default_preset, help=f"a preset in rayssl/presets/{job}/")
     parser.add_argument("--config", default=None, help="a YAML file merged over the preset")
@@ -25,20 +36,15 @@ def parse_job_args(job: str, cls, description: str, default_preset: str | None =
     try:
         cfg = load_config(cls, job, preset=args.preset, file=args.config, overrides=args.overrides)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))
     if "preset" in cls.model_fields and args.preset and cfg.preset is None:
         cfg.preset = args.preset
     return cfg, args
 
 
-def init_ray() -> None:
-    """Join the cluster a job was submitted to (``RAY_ADDRESS`` / job context), else start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(include_dashboard=False)
+def before_ray(check: Callable[..., T], *args) -> T:
+    """``check(*args)``; its ``ValueError`` (``ConfigError`` included) ends the job with status 2."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        fail(str(e))

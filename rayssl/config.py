@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-RECIPES = ("ct_btcv", "ct_genesis", "mri_brats", "mri_genesis", "cxr", "none")
-SAMPLINGS = ("random", "balanced", "classes", "genesis", "tissue", "grid")
+from rayssl.data.recipes import RECIPES, check_genesis_recipe, get_recipe
+from rayssl.search_space import check_space
 
 
 class ConfigError(ValueError):
@@ -33,7 +33,7 @@ class DataConfig(Strict):
 
     source: str = "synthetic:ct:8"
     """``synthetic:ct|mri|cxr[:N]``, a path (auto-detected), or ``msd:``/``folder:``/``csv:``/``cxr14:`` + path."""
-    recipe: Literal["ct_btcv", "ct_genesis", "mri_brats", "mri_genesis", "cxr", "none"] | None = None
+    recipe: Literal[tuple(RECIPES)] | None = None  # type: ignore[valid-type]
     """Preprocessing recipe; ``None`` picks the source's natural one."""
     spacing: tuple[float, ...] | None = None
     """Target voxel spacing in mm; ``None`` keeps the recipe default."""
@@ -104,8 +104,6 @@ class DataConfig(Strict):
         if self.genesis_margin is not None and (len(self.genesis_margin) != len(self.roi) or min(self.genesis_margin) < 0):
             raise ValueError(f"genesis_margin must be {len(self.roi)} non-negative ints like roi, got {self.genesis_margin}")
         if self.sampling == "genesis" and self.genesis_threshold is None:
-            from rayssl.data.recipes import get_recipe  # lazy: imports torch
-
             if self.recipe is None or get_recipe(self.recipe).window is None:
                 raise ValueError(
                     f"sampling=genesis places genesis_hu={self.genesis_hu:g} HU with data.recipe's HU window, but "
@@ -144,29 +142,44 @@ def _read_yaml(text: str, origin: str) -> dict:
     return data
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge(base: dict, update: dict) -> dict:
+    """``update`` merged into a copy of ``base``, nested mappings key by key."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
+def _dotted(key: str, value: Any, origin: str) -> dict:
+    """``("data.roi", v)`` -> ``{"data": {"roi": v}}``."""
+    if not isinstance(key, str) or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"{origin}: expected a dotted config key such as data.roi, got {key!r}")
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
 def parse_override(item: str) -> dict:
     """``"data.roi=[64,64,32]"`` -> ``{"data": {"roi": [64, 64, 32]}}`` (values parsed as YAML)."""
     key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
+    if not sep:
         raise ConfigError(f"override {item!r}: expected key=value with a dotted key, e.g. data.roi=[64,64,32]")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+    return _dotted(key, value, f"override {item!r}")
+
+
+def nest(overrides: dict[str, Any]) -> dict:
+    """``{"data.roi": [32, 32, 32], "epochs": 2}`` -> ``{"data": {"roi": [...]}, "epochs": 2}`` (nested input kept)."""
+    out: dict = {}
+    for key, value in overrides.items():
+        out = merge(out, _dotted(key, nest(value) if isinstance(value, dict) else value, "override key"))
+    return out
 
 
 def _format_errors(err: ValidationError) -> str:
@@ -213,16 +226,16 @@ def load_config(
         if preset not in names:
             raise ConfigError(f"unknown {job} preset {preset!r}; available: {', '.join(names) or 'none'}")
         text = (resources.files("rayssl") / "presets" / job / f"{preset}.yaml").read_text()
-        data = _merge(data, _read_yaml(text, f"preset {preset!r}"))
+        data = merge(data, _read_yaml(text, f"preset {preset!r}"))
         origin.append(f"preset {preset!r}")
     if file is not None:
         path = Path(file)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = _merge(data, _read_yaml(path.read_text(), str(path)))
+        data = merge(data, _read_yaml(path.read_text(), str(path)))
         origin.append(str(path))
     for item in overrides:
-        data = _merge(data, parse_override(item))
+        data = merge(data, parse_override(item))
     if overrides:
         origin.append("overrides")
     return build_config(cls, data, f"{job} config ({' + '.join(origin) or 'defaults'})")
@@ -340,10 +353,8 @@ class PretrainConfig(Strict):
     @model_validator(mode="after")
     def _check_pretrain(self) -> "PretrainConfig":
         # Models Genesis needs [0, 1] intensities; with data.recipe=None the source picks the recipe and
-        # the driver calls rayssl.data.recipes.check_genesis_recipe on it before Ray starts
+        # the driver checks it before Ray starts
         if self.model.method == "genesis" and self.data.recipe is not None:
-            from rayssl.data.recipes import check_genesis_recipe  # lazy: imports torch
-
             check_genesis_recipe(self.data.recipe)
         return self
 
@@ -511,8 +522,6 @@ class SweepConfig(Strict):
 
     @model_validator(mode="after")
     def _check_sweep(self) -> "SweepConfig":
-        from rayssl.tune.space import check_space
-
         if any(v is None for v in self.space.values()):
             self.space = {k: v for k, v in self.space.items() if v is not None}
         check_space(self.space)

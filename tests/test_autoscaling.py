@@ -106,11 +106,10 @@ def scenario(tmp_path_factory):
         env = {**head.env, "RAY_ADDRESS": head.gcs_address, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         probe = subprocess.run(
             [sys.executable, "-c",
-             "import json; from rayssl.cli import init_ray; init_ray(); "
+             "import json; from rayssl.train.launch import autoscaler_max_gpus, init_ray, use_gpu; init_ray(); "
              "from rayssl.config import PretrainConfig, load_config; "
-             "from rayssl.train.pretrain import autoscaler_max_gpus, use_gpu; "
              "cfg = load_config(PretrainConfig, 'pretrain', preset='tiny'); "
-             "print(json.dumps({'use_gpu': use_gpu(cfg), 'max_gpus': autoscaler_max_gpus()}))"],
+             "print(json.dumps({'use_gpu': use_gpu(cfg.scale), 'max_gpus': autoscaler_max_gpus()}))"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
         )
         record["gpu_probe"] = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else probe.stderr[-3000:]

@@ -317,33 +317,33 @@ def test_unset_use_gpu_requests_gpus_the_launcher_config_can_add(monkeypatch, tm
     import ray
     from ray._private import state
 
-    import rayssl.train.pretrain as pretrain
+    import rayssl.train.launch as launch
 
     monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: None)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0})  # the head only: no GPU node up
-    monkeypatch.setattr(pretrain, "_autoscaling_config_file", lambda: str(CLUSTER / "aws.yaml"))
-    assert pretrain.autoscaler_max_gpus() == 2 * 8 + 8 * 1  # gpu_8x x 2 + gpu_1x x 8
+    monkeypatch.setattr(launch, "_autoscaling_config_file", lambda: str(CLUSTER / "aws.yaml"))
+    assert launch.autoscaler_max_gpus() == 2 * 8 + 8 * 1  # gpu_8x x 2 + gpu_1x x 8
     cfg = load_config(PretrainConfig, "pretrain", preset="tiny")
-    assert cfg.scale.use_gpu is None and pretrain.use_gpu(cfg) is True
-    assert pretrain.use_gpu(cfg.model_copy(update={"scale": cfg.scale.model_copy(update={"use_gpu": False})})) is False
+    assert cfg.scale.use_gpu is None and launch.use_gpu(cfg.scale) is True
+    assert launch.use_gpu(cfg.scale.model_copy(update={"use_gpu": False})) is False
 
     cpu_only = load("aws.yaml")
     cpu_only["available_node_types"] = {n: t for n, t in cpu_only["available_node_types"].items() if "GPU" not in t["resources"]}
     (tmp_path / "cpu.yaml").write_text(yaml.safe_dump(cpu_only))
-    monkeypatch.setattr(pretrain, "_autoscaling_config_file", lambda: str(tmp_path / "cpu.yaml"))
-    assert pretrain.autoscaler_max_gpus() == 0 and pretrain.use_gpu(cfg) is False
+    monkeypatch.setattr(launch, "_autoscaling_config_file", lambda: str(tmp_path / "cpu.yaml"))
+    assert launch.autoscaler_max_gpus() == 0 and launch.use_gpu(cfg.scale) is False
     # Ray's reported cluster config (KubeRay, autoscaler v2) wins when it knows GPUs
     monkeypatch.setattr(state.state, "get_max_resources_from_cluster_config", lambda: {"CPU": 100, "GPU": 4})
-    assert pretrain.autoscaler_max_gpus() == 4 and pretrain.use_gpu(cfg) is True
+    assert launch.autoscaler_max_gpus() == 4 and launch.use_gpu(cfg.scale) is True
 
 
 def test_elastic_num_workers_reach_ray_train_as_min_max(monkeypatch):
     import ray
 
-    from rayssl.train.pretrain import scaling_config
+    from rayssl.train.launch import scaling_config
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
     cfg = load_config(PretrainConfig, "pretrain", preset="tiny", overrides=["scale.num_workers=[1,4]"])
-    sc = scaling_config(cfg)
+    sc = scaling_config(cfg.scale, cfg.data)
     assert sc.elasticity_enabled and (sc.min_workers, sc.max_workers) == (1, 4)
     assert sc.use_gpu and sc.resources_per_worker == {"CPU": 1.0, "GPU": 1.0}

@@ -100,7 +100,7 @@ def test_ray_train_shard_gives_new_crops_each_epoch(ray_session, tmp_path):
 
 
 def test_fewer_training_cases_than_workers_is_an_error_before_ray():
-    from rayssl.train.pretrain import check_cases_per_worker
+    from rayssl.train.launch import check_cases_per_worker
 
     check_cases_per_worker(2, 2, "synthetic:ct:4")
     with pytest.raises(ValueError, match=r"has 1 training case\(s\) but scale.num_workers asks for 2 workers"):

@@ -18,7 +18,7 @@ SPLIT = ["data.folds=4", "data.val_fold=0", "data.test_fold=1"]
 @pytest.fixture(scope="module")
 def runs(ray_session, tmp_path_factory):
     from rayssl.finetune.driver import finetune
-    from rayssl.train.pretrain import pretrain
+    from rayssl.pretrain.driver import pretrain
 
     tmp = tmp_path_factory.mktemp("ft")
     common = ["data.source=synthetic:ct:8", f"data.synthetic_dir={tmp / 'synthetic'}", "data.roi=[32,32,32]",
@@ -43,7 +43,7 @@ def chance_dice(labels: list[np.ndarray], num_classes: int) -> float:
 
 
 def test_finetuned_dice_far_above_chance(runs):
-    from rayssl.data.recipes import load_case
+    from rayssl.data.preprocess import load_case
     from rayssl.data.sources import Case
 
     pre, cfg, run_dir = runs
@@ -71,7 +71,7 @@ def test_validation_reported_and_best_kept(runs):
 
 
 def test_per_case_csv_nifti_with_input_affine_and_overlays(runs):
-    from rayssl.data.recipes import load_case
+    from rayssl.data.preprocess import load_case
     from rayssl.data.sources import Case
 
     _, cfg, run_dir = runs
@@ -91,12 +91,12 @@ def test_per_case_csv_nifti_with_input_affine_and_overlays(runs):
 
 
 def test_mismatched_pretrained_fails_before_training(runs, tmp_path):
-    from rayssl.finetune.driver import plan_run
+    from rayssl.finetune.driver import plan_finetune
 
     pre, cfg, _ = runs
     bad = cfg.model_copy(update={"pretrained": str(pre), "model": cfg.model.model_copy(update={"patch_size": 16})})
     with pytest.raises(ValueError, match="patch_size: checkpoint 8, model 16"):
-        plan_run(bad, str(tmp_path / "never"))
+        plan_finetune(bad)
 
 
 def test_job_rejects_bad_config_before_ray():

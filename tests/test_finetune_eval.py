@@ -94,18 +94,17 @@ def _source(recipe, labels=None, class_names=None, channels=1, dims=3):
 
 def test_task_spec_per_source_and_clear_errors():
     from rayssl.config import FinetuneConfig, load_config
-    from rayssl.finetune.task import task_spec
+    from rayssl.finetune.task import TaskSpec, task_spec
 
     ct = load_config(FinetuneConfig, "finetune", "tiny")
     spec = task_spec(ct, _source("ct_btcv", {0: "background", 1: "liver", 2: "left kidney"}))
-    assert spec == {"mode": "multiclass", "num_classes": 3, "class_names": ["liver", "left_kidney"],
-                    "channels": 1, "loss": "dicece"}
+    assert spec == TaskSpec("multiclass", 3, ("liver", "left_kidney"), 1, "dicece")
     brats = load_config(FinetuneConfig, "finetune", "unetr_brats")
     spec = task_spec(brats, _source("mri_brats", {0: "bg", 1: "edema", 2: "ne", 3: "et"}, channels=4))
-    assert spec["mode"] == "brats_regions" and spec["class_names"] == ["TC", "WT", "ET"] and spec["loss"] == "dice"
+    assert spec.mode == "brats_regions" and spec.class_names == ("TC", "WT", "ET") and spec.loss == "dice"
     cxr = load_config(FinetuneConfig, "finetune", "vit_cxr14")
     spec = task_spec(cxr, _source("cxr", class_names=[f"f{k}" for k in range(14)], dims=2))
-    assert spec["mode"] == "multilabel" and spec["num_classes"] == 14 and spec["loss"] == "bce"
+    assert spec.mode == "multilabel" and spec.num_classes == 14 and spec.loss == "bce"
     with pytest.raises(ValueError, match="set task.num_classes"):
         task_spec(load_config(FinetuneConfig, "finetune", "tiny", overrides=["data.recipe=none"]), _source("none"))
     with pytest.raises(ValueError, match="task.loss=bce does not fit"):

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from rayssl.config import ConfigError, FinetuneConfig, OptimConfig, load_config
-from rayssl.finetune.models import build_model, lrd_param_groups
+from rayssl.finetune.models import build_model
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.models.classifier import ViTClassifier
 from rayssl.models.genesis_unet import BatchStatNorm, GenesisUNet
 from rayssl.models.unetr import UNETR, default_hidden_blocks
 from rayssl.models.vit import VIT_SIZES, ViTEncoder, interpolate_pos_embed
 from rayssl.train.checkpoint import save_export
-from rayssl.train.optim import make_optimizer, make_scheduler
+from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
 
 TINY = VIT_SIZES["tiny"]  # width 192, depth 4, 3 heads
 
@@ -92,7 +92,7 @@ def test_classifier_pools_and_head():
 def test_llrd_exact_learning_rates_per_block():
     model = tiny_unetr()
     lr, decay = 1e-3, 0.5
-    groups = lrd_param_groups(model, lr, 0.05, decay)
+    groups = param_groups(model, 0.05, decay, NO_DECAY_TOKENS, lr)
     optim = OptimConfig(schedule="constant", warmup_epochs=0)
     opt = make_optimizer(optim, lr)([{k: v for k, v in g.items() if k != "names"} for g in groups])
     sched = make_scheduler(opt, optim, lr, total_steps=10, steps_per_epoch=5)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rayssl.ssl import genesis as G
-from rayssl.ssl.genesis import GenesisCorruption
+from rayssl.pretrain import genesis as G
+from rayssl.pretrain.genesis import GenesisCorruption
 
 
 def gen(seed=0):

@@ -10,7 +10,7 @@ from ray.data.dataset import MaterializedDataset
 from rayssl.config import DataConfig, PrepareConfig
 from rayssl.data.cache import read_manifest, read_volumes
 from rayssl.data.pipeline import QuarantineError, case_dataset, prepare, train_volumes
-from rayssl.data.recipes import load_case
+from rayssl.data.preprocess import load_case
 from rayssl.data.sources import resolve_source
 from rayssl.data.synthetic import make_ct_phantoms, make_cxr_phantoms
 
@@ -103,7 +103,8 @@ def test_case_dataset_whole_volumes(ray_session, phantoms):
     assert got["affine"].shape == (4, 4)
 
 
-def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys):
+def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, caplog):
+    caplog.set_level("INFO", logger="rayssl")
     data = _data(bad_dataset)
     out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")))
     manifest = read_manifest(out)
@@ -118,7 +119,7 @@ def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, capsys)
     good = sum(manifest["splits"][s]["cases"] for s in ("train", "val"))
     assert good == 4
     assert sum(read_volumes(out, s).count() for s in ("train", "val")) == 4
-    assert "quarantined 3 of 7 inputs (see quarantine.json)" in capsys.readouterr().out
+    assert "quarantined 3 of 7 inputs (see quarantine.json)" in caplog.messages
 
 
 def test_2d_images_carry_targets(ray_session, tmp_path):

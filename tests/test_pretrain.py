@@ -48,7 +48,7 @@ def metrics(run_dir) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_worker_run(ray_session, tmp_path_factory, synthetic_dir):
-    from rayssl.train.pretrain import pretrain
+    from rayssl.pretrain.driver import pretrain
 
     tmp = tmp_path_factory.mktemp("runs")
     cfg = tiny(tmp, synthetic_dir, "zero2", "scale.num_workers=2", "scale.zero_stage=2", "epochs=8", "run.preview_every=4")
@@ -92,8 +92,8 @@ def test_export_reloads_to_identical_encoder_outputs(two_worker_run):
 
 
 def test_resume_continues_at_step_also_on_fewer_workers(ray_session, tmp_path, synthetic_dir):
-    from rayssl.train.methods import build_model
-    from rayssl.train.pretrain import pretrain
+    from rayssl.pretrain.methods import build_model
+    from rayssl.pretrain.driver import pretrain
 
     common = ("run.checkpoint_every=2", "scale.zero_stage=3")
     cfg = tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=2", "max_steps=4", *common)
@@ -134,7 +134,7 @@ def _registered_checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synthetic_dir):
-    from rayssl.train.pretrain import pretrain
+    from rayssl.pretrain.driver import pretrain
 
     cfg = tiny(tmp_path, synthetic_dir, "faulty", "scale.num_workers=2", "max_steps=24", "run.checkpoint_every=4", "run.max_failures=2")
     out = {}
@@ -171,7 +171,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synt
     ],
 )
 def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synthetic_dir, preset, source, roi, weights, extra):
-    from rayssl.train.pretrain import pretrain
+    from rayssl.pretrain.driver import pretrain
 
     cfg = load_config(
         PretrainConfig,

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayssl.config import RECIPES as CONFIG_RECIPES
 from rayssl.data.io import BadInput
-from rayssl.data.recipes import RECIPES, load_case, preprocess
+from rayssl.data.preprocess import load_case, preprocess
+from rayssl.data.recipes import RECIPES
 from rayssl.data.sources import Case
 
 
@@ -23,8 +23,12 @@ def _save(path, data, affine=None):
     return str(path)
 
 
-def test_recipe_names_match_config():
-    assert tuple(RECIPES) == CONFIG_RECIPES
+def test_config_accepts_exactly_the_recipes():
+    from rayssl.config import ConfigError, DataConfig, build_config
+
+    assert all(build_config(DataConfig, {"recipe": name}).recipe == name for name in RECIPES)
+    with pytest.raises(ConfigError, match="recipe"):
+        build_config(DataConfig, {"recipe": "ct_other"})
     assert RECIPES["ct_btcv"].spacing == (1.5, 1.5, 2.0) and RECIPES["mri_brats"].spacing == (1.0, 1.0, 1.0)
     assert RECIPES["ct_genesis"].spacing is None and RECIPES["cxr"].spatial_dims == 2
 

@@ -12,7 +12,7 @@ _EXPORTS = {
     "Source": "sources",
     "resolve_source": "sources",
     "RECIPES": "recipes",
-    "load_case": "recipes",
+    "load_case": "preprocess",
     "sample_patches": "patches",
     "case_rng": "patches",
     "grid_origins": "patches",

@@ -9,23 +9,17 @@ local folder or an ``s3://`` / ``gs://`` URI (``pyarrow.fs``).
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 
 import pyarrow.fs as pafs
 import ray.data
 
 from rayssl.data.context import dataset_context
-from rayssl.data.io import open_uri
+from rayssl.data.io import join, open_uri
 
 MANIFEST = "manifest.json"
 VOLUME_FORMAT = "rayssl-volumes/1"
 QUARANTINE = "quarantine.json"
-
-
-def join(root: str, *parts: str) -> str:
-    """Join path parts for a local path or a URI (``os.path.join`` would break ``s3://``)."""
-    return posixpath.join(str(root), *parts) if "://" in str(root) else os.path.join(root, *parts)
 
 
 def write_volumes(ds: ray.data.Dataset, out: str, split: str, rows_per_file: int = 4) -> str:

@@ -4,15 +4,13 @@ A dataset keeps the ``DataContext`` that was current when it was created, so the
 to the datasets built inside :func:`dataset_context` (and everything derived from them, also under
 Ray Train) without changing the user's global context.
 
-- ``op_resource_reservation_enabled=False``: Ray Data's per-operator reservation held the patch
-  readers to about one CPU on a 2-CPU node (without it 1.5-1.8x more patches/s from NIfTI and
-  1.3-1.7x from the Parquet cache, ``benchmarks/data_pipeline.py``). Backpressure still bounds what is in
+- ``op_resource_reservation_enabled=False``: Ray Data's per-operator reservation holds the readers
+  to about one CPU on a small node (README, "Ray Data settings"). Backpressure still bounds what is in
   flight by the object store budget. Setting ``RAY_DATA_ENABLE_OP_RESOURCE_RESERVATION`` in the
   environment restores Ray's choice.
 - ``use_datasource_v2=False`` for Parquet (``parquet_v1=True``): Ray 2.60's default Parquet reader adds
-  a file-listing task (about 2 s per execution here) and packs a small cache into one block, so
-  streaming starts late and cannot spread over Train workers; the v1 reader streams one block per
-  file from the first second.
+  a file-listing task and packs a small cache into one block, so streaming starts late and cannot
+  spread over Train workers; the v1 reader streams one block per file from the start.
 """
 
 from __future__ import annotations

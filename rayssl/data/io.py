@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import posixpath
 import zlib
 
 import nibabel as nib
@@ -37,12 +38,31 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
+def absolute(path: str) -> str:
+    """An absolute local path (``~`` expanded; Ray workers may run in another directory); URIs unchanged."""
+    path = str(path).strip()
+    return path if is_uri(path) or not path else os.path.abspath(os.path.expanduser(path))
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts for a local path or a URI (``os.path.join`` would break ``s3://``)."""
+    return posixpath.join(str(root), *parts) if is_uri(root) else os.path.join(root, *parts)
+
+
 def open_uri(path: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path inside it)`` for a local path or an ``s3://``, ``gs://``, ``file://`` URI."""
     path = str(path)
     if is_uri(path):
         return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return pafs.LocalFileSystem(), absolute(path)
+
+
+def is_dir(path: str) -> bool:
+    """True if ``path`` is an existing directory (local or remote)."""
+    if not is_uri(path):
+        return os.path.isdir(os.path.expanduser(path))
+    fs, p = open_uri(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
 
 
 def exists(path: str) -> bool:

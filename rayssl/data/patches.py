@@ -1,7 +1,7 @@
 """Patch (sub-volume) sampling from one preprocessed case: random, balanced, Models Genesis, tissue, grid.
 
 Pure numpy, no Ray: :func:`sample_patches` is what the Ray Data pipeline calls once per case.
-A case is the dict :func:`rayssl.data.recipes.load_case` returns (``image`` ``[C, *spatial]``).
+A case is the dict :func:`rayssl.data.preprocess.load_case` returns (``image`` ``[C, *spatial]``).
 Patches keep the volume's voxel grid; ``origin`` is the start index of the patch per spatial axis.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayssl.config import DataConfig
+from rayssl.data.recipes import hu_to_intensity
 
 GENESIS_MAX_ATTEMPTS = 50
 """``genesis`` / ``tissue`` sampling: candidate crops drawn per patch before the best one found is kept
@@ -161,8 +162,6 @@ def genesis_threshold(data: DataConfig, recipe: str | None = None) -> float:
     recipe = recipe or data.recipe
     if recipe is None:
         raise ValueError("sampling=genesis needs data.recipe (its HU window places data.genesis_hu) or data.genesis_threshold")
-    from rayssl.data.recipes import hu_to_intensity  # lazy: the recipes import torch
-
     return hu_to_intensity(recipe, data.genesis_hu)
 
 

@@ -30,10 +30,11 @@ import ray.data
 
 import rayssl
 from rayssl.config import DataConfig, PrepareConfig, dump_config
-from rayssl.data.cache import QUARANTINE, VOLUME_FORMAT, delete_split, join, read_manifest, read_volumes, write_json, write_volumes
+from rayssl.data.cache import QUARANTINE, VOLUME_FORMAT, delete_split, read_manifest, read_volumes, write_json, write_volumes
 from rayssl.data.context import dataset_context
-from rayssl.data.io import BadInput, is_uri, open_uri
-from rayssl.data.recipes import RECIPES, load_case
+from rayssl.data.io import BadInput, absolute, is_uri, join, open_uri
+from rayssl.data.preprocess import load_case
+from rayssl.data.recipes import RECIPES
 from rayssl.data.sources import Case, Source, resolve_source
 
 logger = logging.getLogger(__name__)
@@ -95,15 +96,10 @@ def image_size_2d(data: DataConfig) -> int:
     return max(224, *data.roi) if len(data.roi) == 2 else 224
 
 
-def _local(path: str | None) -> str | None:
-    # Ray workers may run in another working directory: pin relative local paths on the driver
-    return path if path is None or is_uri(path) else os.path.abspath(os.path.expanduser(path))
-
-
 def _items(cases: list[Case]) -> list[dict]:
     items = []
     for c in cases:
-        c = dataclasses.replace(c, image=[_local(p) for p in c.image], label=_local(c.label))
+        c = dataclasses.replace(c, image=[absolute(p) for p in c.image], label=c.label and absolute(c.label))
         items.append({"case_id": c.case_id, "split": c.split, "case": json.dumps(dataclasses.asdict(c))})
     return items
 
@@ -313,19 +309,19 @@ def prepare(cfg: PrepareConfig) -> str:
         cases = [c for c in source.cases if c.split == split]
         listed += len(cases)
         if not cases:
-            print(f"split {split!r}: no cases in {data.source!r}, skipped")
+            logger.info("split %r: no cases in %r, skipped", split, data.source)
             delete_split(out, split)
             splits[split] = {"cases": 0, "files": 0, "listed": 0}
             continue
         write_volumes(_volume_stream(lax, source, recipe, cases, log, data.patch_dtype), out, split, cfg.rows_per_file)
         splits[split] = {**_split_stats(out, split), "listed": len(cases)}
-        print(f"split {split!r}: {splits[split]['cases']} of {len(cases)} cases preprocessed")
+        logger.info("split %r: %d of %d cases preprocessed", split, splits[split]["cases"], len(cases))
 
     entries = sorted(ray.get(log.entries.remote()), key=lambda e: (e["path"], e["case_id"]))
     ray.kill(log)
     write_json(out, QUARANTINE, entries)
     total = listed + len(source.missing)
-    print(f"quarantined {len(entries)} of {total} inputs (see {QUARANTINE})")
+    logger.info("quarantined %d of %d inputs (see %s)", len(entries), total, QUARANTINE)
     if data.strict and entries:
         for split in data.splits:
             delete_split(out, split)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import posixpath
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rayssl.config import DataConfig
-from rayssl.data.io import BadInput, exists, is_uri, open_uri, read_bytes
+from rayssl.data.io import BadInput, absolute, exists, is_dir, is_uri, open_uri, read_bytes
 from rayssl.data.synthetic import CXR_FINDINGS, ensure_synthetic
 
 SPEC_FORMS = (
@@ -81,12 +80,6 @@ def _join(base: str, rel: str) -> str:
     return posixpath.join(base, rel) if is_uri(base) else posixpath.normpath(posixpath.join(base, rel))
 
 
-def _abs(path: str) -> str:
-    """Absolute local path (``~`` expanded); URIs unchanged."""
-    path = path.strip()
-    return path if is_uri(path) or not path else os.path.abspath(os.path.expanduser(path))
-
-
 def _stem(path: str) -> str:
     name = posixpath.basename(path.rstrip("/"))
     for ext in _NIFTI + _IMAGE_2D:
@@ -114,10 +107,6 @@ def _list_dir(folder: str) -> list[str] | None:
     return [_join(folder, n) for n in names if not n.startswith(".")]  # skips macOS "._x.nii.gz" files
 
 
-def _is_dir(path: str) -> bool:
-    return _list_dir(path) is not None
-
-
 def _is_nifti(path: str) -> bool:
     return path.lower().endswith(_NIFTI)
 
@@ -132,7 +121,7 @@ def _keep_existing(cases: list[Case], missing: list[tuple[str, str]]) -> list[Ca
     def present(path: str) -> bool:
         folder = posixpath.dirname(path)
         if folder not in listed:
-            files = _list_dir(folder) if _is_dir_fast(folder) else None
+            files = _list_dir(folder) if is_dir(folder) else None
             listed[folder] = {posixpath.basename(f) for f in files or []}
         return posixpath.basename(path) in listed[folder] or (not listed[folder] and exists(path))
 
@@ -144,10 +133,6 @@ def _keep_existing(cases: list[Case], missing: list[tuple[str, str]]) -> list[Ca
         else:
             kept.append(c)
     return kept
-
-
-def _is_dir_fast(folder: str) -> bool:
-    return os.path.isdir(folder) if not is_uri(folder) else _is_dir(folder)
 
 
 def assign_splits(cases: list[Case], folds: int, val_fold: int, test_fold: int | None, seed: int) -> None:
@@ -218,7 +203,7 @@ def _folder(spec: str) -> Source:
     files = _list_dir(images_dir)
     if files is None:
         raise ValueError(f"folder:{spec}: {images_dir!r} is not a directory")
-    if labels_dir and not _is_dir(labels_dir):
+    if labels_dir and not is_dir(labels_dir):
         raise ValueError(f"folder:{spec}: labels folder {labels_dir!r} is not a directory")
     cases = []
     for f in files:
@@ -262,7 +247,7 @@ def _csv(path: str) -> Source:
 
 def _cxr14_image_dirs(root: str) -> dict[str, str]:
     """``{image name: folder}`` for the Kaggle layout ``images_001/images/...``; {} when ``images/`` exists."""
-    if _is_dir(_join(root, "images")):
+    if is_dir(_join(root, "images")):
         return {}
     where = {}
     for sub in sorted(posixpath.basename(f.rstrip("/")) for f in _subdirs(root)):
@@ -383,15 +368,15 @@ def resolve_source(data: DataConfig) -> Source:
     elif sep and prefix in ("msd", "folder", "csv", "cxr14"):
         if not rest:
             raise _bad_spec(spec, "missing path")
-        rest = ",".join(_abs(p) for p in rest.split(",")) if prefix == "folder" else _abs(rest)
+        rest = ",".join(absolute(p) for p in rest.split(",")) if prefix == "folder" else absolute(rest)
         first = rest.partition(",")[0]
-        if not (_is_dir(first) or exists(first)):
+        if not (is_dir(first) or exists(first)):
             raise _bad_spec(spec, f"path {first!r} does not exist")
         src = {"msd": _msd, "folder": _folder, "csv": _csv, "cxr14": _cxr14}[prefix](rest)
     elif sep and not is_uri(spec) and len(prefix) > 1:
         raise _bad_spec(spec, f"unknown source type {prefix!r}")
     else:
-        src = _detect(_abs(spec), spec)
+        src = _detect(absolute(spec), spec)
     src.cases = _keep_existing(src.cases, src.missing)
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
     if data.train_cases is not None:

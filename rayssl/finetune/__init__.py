@@ -7,11 +7,10 @@ from rayssl._lazy import lazy_exports
 
 _EXPORTS = {
     "finetune": "driver",
-    "plan_run": "driver",
+    "plan_finetune": "driver",
     "load_pretrained": "weights",
     "resolve_pretrained": "weights",
     "build_model": "models",
-    "lrd_param_groups": "models",
     "dice_hd95": "metrics",
     "multilabel_auc": "metrics",
     "evaluate_segmentation": "evaluate",

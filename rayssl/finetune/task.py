@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,8 +27,37 @@ def label_mode(cfg: FinetuneConfig, source: Source) -> str:
     return mode
 
 
-def task_spec(cfg: FinetuneConfig, source: Source) -> dict:
-    """``{"mode", "num_classes", "class_names" (scored channels), "channels"}`` for a source.
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a fine-tuning run predicts, resolved once from the config and the source."""
+
+    mode: Literal["multiclass", "brats_regions", "multilabel"]
+    num_classes: int
+    """Output channels (background included for multiclass)."""
+    class_names: tuple[str, ...]
+    """Names of the scored channels (multiclass: the ``num_classes - 1`` foreground classes)."""
+    channels: int
+    """Input channels."""
+    loss: Literal["dicece", "dice", "bce"]
+
+    @property
+    def classification(self) -> bool:
+        """Image-level findings (a classifier), not voxel labels."""
+        return self.mode == "multilabel"
+
+    @property
+    def target_key(self) -> str:
+        """The training batch's target column."""
+        return "target" if self.classification else "label"
+
+    @property
+    def metric(self) -> str:
+        """The ``result.json`` metric: mean AUC for classification, mean Dice for segmentation."""
+        return "mean_auc" if self.classification else "mean_dice"
+
+
+def task_spec(cfg: FinetuneConfig, source: Source) -> TaskSpec:
+    """The :class:`TaskSpec` of a fine-tuning config on a source.
 
     Raises:
         ValueError: no class information (set ``task.num_classes``) or a loss that does not fit the task.
@@ -49,8 +80,7 @@ def task_spec(cfg: FinetuneConfig, source: Source) -> dict:
     loss = cfg.task.loss or {"multiclass": "dicece", "brats_regions": "dice", "multilabel": "bce"}[mode]
     if (loss == "bce") != (mode == "multilabel"):
         raise ValueError(f"task.loss={loss} does not fit task.labels={mode}")
-    return {"mode": mode, "num_classes": int(num), "class_names": [n.replace(" ", "_") for n in names],
-            "channels": source.channels, "loss": loss}
+    return TaskSpec(mode, int(num), tuple(n.replace(" ", "_") for n in names), source.channels, loss)
 
 
 # SelfMedMAE's segmentation losses (lib/trainers/seg_trainer.py build_model; smooth_* from
@@ -80,10 +110,10 @@ class SegLoss(nn.Module):
         return self.fn(logits, target)
 
 
-def build_loss(spec: dict) -> nn.Module:
-    if spec["mode"] == "multilabel":
+def build_loss(spec: TaskSpec) -> nn.Module:
+    if spec.classification:
         return nn.BCEWithLogitsLoss()
-    return SegLoss(spec["mode"], spec["loss"])
+    return SegLoss(spec.mode, spec.loss)
 
 
 def case_dicts(cases: list[Case]) -> list[dict]:
@@ -93,7 +123,7 @@ def case_dicts(cases: list[Case]) -> list[dict]:
 def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str) -> list[dict]:
     """Read and preprocess evaluation cases (whole volumes; 2D images centre-cropped to the ROI)."""
     from rayssl.data.pipeline import image_size_2d
-    from rayssl.data.recipes import load_case
+    from rayssl.data.preprocess import load_case
     from rayssl.finetune.evaluate import center_crop
 
     out = []

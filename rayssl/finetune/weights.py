@@ -56,8 +56,8 @@ def _mismatch(source: Path, pairs: dict[str, tuple]) -> None:
         raise ValueError(f"pretrained weights {source} do not fit the model:\n  " + "\n  ".join(diff))
 
 
-def _check_shapes(source: Path, state: dict, module: nn.Module, prefix: str) -> None:
-    own = module.state_dict()
+def _check_shapes(source: Path, state: dict, own: dict, prefix: str) -> None:
+    """Raise ``ValueError`` listing the keys ``state`` misses or adds and the shapes that differ from ``own``."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{prefix}{k}: checkpoint {list(state[k].shape)}, model {list(own[k].shape)}"
@@ -88,7 +88,7 @@ def _load_vit(encoder: ViTEncoder, weights: dict, meta: dict, source: Path) -> d
         if old_grid != encoder.grid_size:
             state["pos_embed"] = interpolate_pos_embed(pos, old_grid, encoder.grid_size)
             interpolated = [list(old_grid), list(encoder.grid_size)]
-    _check_shapes(source, state, encoder, "encoder.")
+    _check_shapes(source, state, encoder.state_dict(), "encoder.")
     with torch.no_grad():
         encoder.load_state_dict(state, strict=True)
     return {"pos_embed_interpolated": interpolated, "loaded": sorted(f"encoder.{k}" for k in state)}
@@ -106,20 +106,19 @@ def _load_unet(unet: GenesisUNet, weights: dict, meta: dict, source: Path) -> di
     })
     state = {k: v for k, v in weights.items() if not k.startswith("out.")}  # new output head
     own = {k: v for k, v in unet.state_dict().items() if not k.startswith("out.")}
-    probe = nn.Module()
-    probe.state_dict = lambda: own  # compare against the body only
-    _check_shapes(source, state, probe, "")
+    _check_shapes(source, state, own, "")
     with torch.no_grad():
         unet.load_state_dict(state, strict=False)
     return {"pos_embed_interpolated": None, "loaded": sorted(state)}
 
 
-def load_pretrained(model: nn.Module, spec: str | None) -> dict:
+def load_pretrained(model: nn.Module, spec: str | Path | None) -> dict:
     """Initialise ``model`` (UNETR, ViT classifier or Genesis U-Net) from pre-trained weights.
 
     Args:
         model: the downstream network; UNETR / classifier expose ``.encoder`` (a :class:`ViTEncoder`).
-        spec: ``none``, an exported ``.safetensors`` or a pre-training run directory.
+        spec: ``none``, an exported ``.safetensors`` or a pre-training run directory; or what
+            :func:`resolve_pretrained` made of one (a ``Path``, or ``None``), used as it is.
 
     Returns:
         ``{"source", "method", "loaded": [parameter names], "new": [names trained from scratch],
@@ -129,7 +128,7 @@ def load_pretrained(model: nn.Module, spec: str | None) -> dict:
         ValueError: missing file, or the checkpoint's architecture, patch size, width, depth, heads,
             channels or any parameter shape differs from the model's (all differences are listed).
     """
-    path = resolve_pretrained(spec)
+    path = spec if spec is None or isinstance(spec, Path) else resolve_pretrained(spec)
     names = [k for k in model.state_dict()]
     if path is None:
         return {"source": None, "method": None, "loaded": [], "new": names, "pos_embed_interpolated": None}

@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from rayssl.models.vit import ViTEncoder, init_weights
-from rayssl.ssl.pos_embed import sincos_pos_embed
+from rayssl.models.pos_embed import sincos_pos_embed
 
 
 class MaskedAutoencoder(nn.Module):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from rayssl.ssl.pos_embed import sincos_pos_embed
+from rayssl.models.pos_embed import sincos_pos_embed
 
 VIT_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(embed_dim=192, depth=4, num_heads=3),
@@ -220,52 +220,3 @@ class ViTEncoder(nn.Module):
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
         return self.depth + 1
-
-    def param_groups_lrd(self, weight_decay: float = 0.05, layer_decay: float = 0.75,
-                         no_weight_decay: Iterable[str] = ("cls_token", "pos_embed"), prefix: str = ""):
-        """AdamW param groups with layer-wise lr decay over this encoder's parameters.
-
-        ``lr_scale = layer_decay ** (depth + 1 - layer_id)``; no weight decay on 1-D params (norms,
-        biases) and on ``no_weight_decay`` names. Parameters outside the encoder (decoder, head)
-        belong in a group with ``lr_scale`` 1, added by the caller.
-
-        Args:
-            weight_decay: decay for weight matrices.
-            layer_decay: per-layer lr factor in (0, 1].
-            no_weight_decay: parameter names exempt from weight decay.
-            prefix: prepended to names in each group's ``names`` (for logging).
-
-        Returns:
-            list of dicts with ``params``, ``names``, ``lr_scale``, ``weight_decay``.
-        """
-        if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay={layer_decay} must be in (0, 1]")
-        groups: dict[tuple[int, bool], dict[str, Any]] = {}
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            decay = not (p.ndim == 1 or name in no_weight_decay)
-            lid = self.layer_id(name)
-            g = groups.setdefault((lid, decay), {
-                "params": [], "names": [], "lr_scale": layer_decay ** (self.depth + 1 - lid),
-                "weight_decay": weight_decay if decay else 0.0,
-            })
-            g["params"].append(p)
-            g["names"].append(prefix + name)
-        return list(groups.values())
-
-    def load_pretrained(self, state_dict: dict[str, Tensor], strict: bool = True):
-        """Load encoder weights, resizing ``pos_embed`` when the token grid differs.
-
-        The pre-trained grid is inferred as a cube / square of the stored token count.
-        """
-        state = dict(state_dict)
-        pos = state.get("pos_embed")
-        if pos is not None and pos.shape != self.pos_embed.shape:
-            side = round((pos.shape[1] - 1) ** (1 / self.spatial_dims))
-            old_grid = (side,) * self.spatial_dims
-            if side ** self.spatial_dims != pos.shape[1] - 1:
-                raise ValueError(f"pre-trained pos_embed {list(pos.shape)} is not a cubic/square grid; "
-                                 "resize it with interpolate_pos_embed first")
-            state["pos_embed"] = interpolate_pos_embed(pos, old_grid, self.grid_size)
-        return self.load_state_dict(state, strict=strict)

@@ -24,7 +24,11 @@ STATE_FILE = "train_state.json"
 
 
 def save_checkpoint(engine, directory: str | Path, state: dict, rank: int, world_size: int) -> None:
-    """Write a checkpoint into ``directory`` (called on every rank: it holds collectives)."""
+    """Write a checkpoint into ``directory`` (called on every rank: it holds collectives).
+
+    Args:
+        state: the run's position (``TrainState.as_dict()``), saved with ``world_size``.
+    """
     directory = Path(directory)
     engine.save_checkpoint(str(directory), tag=DS_TAG)
     weights = full_state_dict(engine, keep=rank == 0)
@@ -66,13 +70,14 @@ def resume_engine(
     optimizer_factory: Callable,
     scheduler_factory: Callable,
     ds_config: dict,
-    state: dict,
+    state,
     world_size: int,
     on_checkpoint: Callable[[Path], None] | None = None,
 ):
     """Build the DeepSpeed engine, resuming from Ray Train's latest checkpoint when there is one.
 
-    ``state`` (step, epoch, ...) is updated in place from the checkpoint and gets ``resumes`` + 1.
+    ``state`` (a :class:`~rayssl.train.worker.TrainState`) is updated in place from the checkpoint and
+    gets ``resumes`` + 1.
     Same world size: DeepSpeed restores weights, optimizer and schedule. Another world size: the
     consolidated weights are loaded before the engine is built and the schedule is moved to the saved
     step. ``on_checkpoint(dir)`` may read extra files while the checkpoint is open.
@@ -89,7 +94,7 @@ def resume_engine(
         saved = read_state(ckpt_dir)
         same_world = saved.pop("world_size") == world_size
         state.update(saved)
-        state["resumes"] = state.get("resumes", 0) + 1
+        state.resumes += 1
         if on_checkpoint:
             on_checkpoint(Path(ckpt_dir))
         if not same_world:  # autoscaled: consolidated weights, fresh optimizer moments
@@ -98,18 +103,11 @@ def resume_engine(
         if same_world:
             restore_engine(engine, ckpt_dir)
             return engine, "optimizer restored"
-        set_schedule_step(engine.lr_scheduler, state["step"])
+        set_schedule_step(engine.lr_scheduler, state.step)
         return engine, f"weights only, now {world_size} workers"
 
 
 # --------------------------------------------------------------------------- export
-
-
-def export_state(method: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What fine-tuning loads: the ViT encoder of an MAE, the whole U-Net of Models Genesis."""
-    if method == "mae":
-        return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-    return dict(weights)
 
 
 def save_export(weights: dict[str, torch.Tensor], meta: dict, path: str | Path) -> tuple[Path, Path]:

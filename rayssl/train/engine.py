@@ -28,10 +28,9 @@ def zero_buffer_sizes(model: nn.Module, zero_stage: int) -> dict:
     """ZeRO bucket and live-parameter limits scaled to the model's largest layer.
 
     DeepSpeed's defaults (500M-element buckets, 1e9 live parameters) suit billion-parameter models;
-    on a ViT-B they mean a 2 GB reduce bucket and, under ZeRO-3, every gathered weight staying
-    live from forward to backward, so ZeRO-3 used more memory per worker than ZeRO-0. Here buckets
-    hold about one layer, and ZeRO-3 keeps at most four layers gathered and steps the optimiser on
-    sub-groups of four layers.
+    on a ViT-B they mean a reduce bucket far larger than the model and, under ZeRO-3, every gathered
+    weight staying live from forward to backward. Here buckets hold about one layer, and ZeRO-3 keeps
+    at most four layers gathered and steps the optimiser on sub-groups of four layers.
     """
     if zero_stage == 0:
         return {}
@@ -103,8 +102,8 @@ def share_fp32_master_partitions(optimizer) -> None:
     already fp32 on the optimiser's device, in which case the master is meant to be the partition
     itself (DeepSpeed 0.19's ``_create_fp32_partitions``; its step then copies the master onto
     itself). Its test compares a ``torch.device`` with a device name string, which is never equal,
-    so fp32 training kept a redundant copy: a fifth of ZeRO-3's model states. This makes each such
-    master an alias of its partition, as DeepSpeed intends. Other stages, and bf16 (where the master
+    so fp32 training would keep a redundant copy. This makes each such master an alias of its
+    partition, as DeepSpeed intends. Other stages, and bf16 (where the master
     is a real fp32 copy), are left alone.
     """
     low = getattr(optimizer, "fp16_partitioned_groups_flat", None) or []

@@ -6,14 +6,13 @@ import math
 from typing import Callable
 
 import torch
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from rayssl.config import OptimConfig
 
-# Fine-tuning only (``finetune.models``): token-like N-D parameters without weight decay, as the
-# ``no_weight_decay_list`` of facebookresearch/mae ``util/lr_decay.py`` ``param_groups_lrd``.
-NO_DECAY_PATTERNS = ("*cls_token", "*pos_embed", "*mask_token")
+NO_DECAY_TOKENS = ("cls_token", "pos_embed", "mask_token")
+"""Token-like N-D parameters fine-tuning leaves undecayed: facebookresearch/mae ``main_finetune.py``
+(``no_weight_decay_list`` of ``util/lr_decay.py param_groups_lrd``). Pre-training decays them."""
 
 
 def effective_lr(optim: OptimConfig, total_batch: int) -> float:
@@ -21,21 +20,58 @@ def effective_lr(optim: OptimConfig, total_batch: int) -> float:
     return optim.lr if optim.lr is not None else optim.base_lr * total_batch / 256
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Pre-training groups: no decay for 1-D params and biases, decay for all else (cls / mask tokens too).
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, no_decay: tuple[str, ...] = (),
+                 lr: float | None = None) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters: rayssl's one weight-decay and layer-decay rule.
 
-    As facebookresearch/mae ``main_pretrain.py`` (``optim_factory.add_weight_decay(model, wd)``, no skip
-    list) and SelfMedMAE ``lib/trainers/base_trainer.py`` ``get_parameter_groups`` (``MAE3D`` has no
-    ``no_weight_decay``); frozen params (the fixed sin-cos ``pos_embed``) are left out.
+    No weight decay on 1-D parameters (biases, norms) and on names ending in a ``no_decay`` entry. With a
+    ViT encoder (the model itself or ``model.encoder``, which tells each parameter's ``layer_id``: embeddings
+    0, block i i + 1, final norm depth + 1) and ``layer_decay`` < 1, its parameters get ``lr_scale =
+    layer_decay ** (depth + 1 - layer_id)``; everything else (decoder, head, a U-Net) gets 1.
+
+    * Pre-training, ``param_groups(model, wd)``: tokens decayed, as facebookresearch/mae ``main_pretrain.py``
+      (``optim_factory.add_weight_decay``, no skip list) and SelfMedMAE ``lib/trainers/base_trainer.py``
+      ``get_parameter_groups``. Frozen parameters (a fixed sin-cos ``pos_embed``) are left out.
+    * Fine-tuning, ``param_groups(model, wd, layer_decay, NO_DECAY_TOKENS, lr)``: facebookresearch/mae
+      ``util/lr_decay.py`` ``param_groups_lrd``.
+
+    Returns:
+        dicts with ``params``, ``names``, ``weight_decay``, ``lr_scale`` (and ``lr = lr * lr_scale`` when
+        ``lr`` is given).
     """
-    return param_groups_weight_decay(model, weight_decay)
+    if not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay={layer_decay} must be in (0, 1]")
+    encoder, prefix = (model, "") if hasattr(model, "layer_id") else (getattr(model, "encoder", None), "encoder.")
+    layered = layer_decay < 1.0 and encoder is not None and hasattr(encoder, "layer_id")
+    groups: dict[tuple[int | None, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim <= 1 or name.endswith(no_decay)) if no_decay else p.ndim > 1
+        layer = encoder.layer_id(name[len(prefix):]) if layered and name.startswith(prefix) else None
+        scale = 1.0 if layer is None else layer_decay ** (encoder.depth + 1 - layer)
+        g = groups.setdefault((layer, decay), {"params": [], "names": [], "lr_scale": scale,
+                                               "weight_decay": weight_decay if decay else 0.0})
+        g["params"].append(p)
+        g["names"].append(name)
+    out = list(groups.values())
+    if lr is not None:
+        for g in out:
+            g["lr"] = lr * g["lr_scale"]
+    return out
 
 
 def make_optimizer(optim: OptimConfig, lr: float) -> Callable[[list], torch.optim.Optimizer]:
-    """A factory ``params -> torch optimizer`` (DeepSpeed calls it on the groups it manages)."""
-    if optim.optimizer == "adamw":
-        return lambda params: torch.optim.AdamW(params, lr=lr, betas=optim.betas)
-    return lambda params: torch.optim.SGD(params, lr=lr, momentum=optim.momentum)
+    """A factory ``groups -> torch optimizer`` (DeepSpeed calls it on the groups it manages); the
+    groups' ``names`` (for reports) stay out of the optimiser."""
+
+    def build(groups: list) -> torch.optim.Optimizer:
+        groups = [{k: v for k, v in g.items() if k != "names"} if isinstance(g, dict) else g for g in groups]
+        if optim.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=lr, betas=optim.betas)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
+
+    return build
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, optim: OptimConfig, steps_per_epoch: int, base_lr: float) -> float:

@@ -13,8 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from rayssl.tune.sweep import BASELINE_DIR, SWEEP_FILE
-from rayssl.tune.trial import FINETUNE_DIR, TRIAL_FILE
+from rayssl.tune.layout import BASELINE_DIR, FINETUNE_DIR, SWEEP_FILE, TRIAL_FILE
 
 FIXED = ("rank", "trial_id")
 TAIL = ("val_metric", "test_metric", "epochs", "status", "pretrain", "encoder", "wall_time_s", "checkpoint")

@@ -148,14 +148,14 @@ class PretrainStore:
         Args:
             cfg: the trial's pre-training config.
             pretrain_fn: ``cfg -> run_dir`` whose ``result.json`` names the exported ``weights``
-                (default :func:`rayssl.train.pretrain.pretrain`).
+                (default :func:`rayssl.pretrain.driver.pretrain`).
             lock: a :class:`StoreLock` actor handle (default :func:`store_lock` of this root).
 
         Returns:
             The store entry plus ``key``, ``reused`` (no pre-training in this call) and ``waited_s``.
         """
         if pretrain_fn is None:
-            from rayssl.train.pretrain import pretrain as pretrain_fn
+            from rayssl.pretrain.driver import pretrain as pretrain_fn
         import ray
 
         cfg = bucketed(cfg, self.bucket)

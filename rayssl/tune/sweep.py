@@ -10,16 +10,21 @@ unfinished ones resume (their fine-tuning and pre-training runs continue from th
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from rayssl.config import FinetuneConfig, SweepConfig, dump_config
-from rayssl.tune.space import PARAMS, build_search_space, check_space, default_params, trial_configs
-from rayssl.tune.trial import store_root, tune_trial
+from rayssl.config import FinetuneConfig, PretrainConfig, SweepConfig, dump_config
+from rayssl.search_space import PARAMS, check_methods
+from rayssl.train.launch import init_ray, max_workers
+from rayssl.tune.layout import BASELINE_DIR, SWEEP_FILE, store_root
+from rayssl.tune.space import build_search_space, default_params, trial_configs
+from rayssl.tune.trial import tune_trial
 
 METRIC, MODE = "val_metric", "max"
-SWEEP_FILE = "sweep.json"
-BASELINE_DIR = "baseline"
+
+log = logging.getLogger(__name__)
 
 
 def _trial_dirname(trial) -> str:
@@ -66,10 +71,6 @@ def _release_callback(trial_cpus: float):
     return ReleaseStoppedTrials()
 
 
-def _workers(scale) -> int:
-    return scale.num_workers[1] if isinstance(scale.num_workers, tuple) else scale.num_workers
-
-
 def asha_max_t(ft: FinetuneConfig, grace_period: int) -> int:
     """The last validation epoch before the final one: ASHA rungs stay at or below it.
 
@@ -87,20 +88,34 @@ def asha_max_t(ft: FinetuneConfig, grace_period: int) -> int:
     return last
 
 
-def plan_sweep(cfg: SweepConfig) -> dict:
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep's checked configs and budget, resolved before Ray starts."""
+
+    pretrain: PretrainConfig | None
+    """The pre-training config at the presets' values (``None``: no pre-training)."""
+    finetune: FinetuneConfig
+    train_cpus: float
+    """CPUs one trial holds: its process and its largest Ray Train run's workers."""
+    max_t: int
+    """ASHA's largest rung (:func:`asha_max_t`)."""
+    defaults: dict
+    """Each searched parameter at its preset's value (the scratch baseline's)."""
+
+
+def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     """Check everything before Ray starts: the trial configs build, the space fits the method.
 
     Raises:
         ConfigError / ValueError: naming the key.
     """
     pre, ft = trial_configs(cfg, {})
-    check_space(cfg.space, pre.model.method if pre is not None else None)
+    check_methods(cfg.space, pre.model.method if pre is not None else None)
     for name, rng in cfg.space.items():  # both ends of every range give valid configs
         for value in (rng.low, rng.high):
             trial_configs(cfg, {name: value})
-    train_cpus = max(_workers(c.scale) * c.scale.cpus_per_worker for c in (pre, ft) if c is not None)
-    return {"pretrain": pre, "finetune": ft, "train_cpus": train_cpus + cfg.trial_cpus,
-            "max_t": asha_max_t(ft, cfg.asha.grace_period), "defaults": default_params(cfg)}
+    train_cpus = max(max_workers(c.scale) * c.scale.cpus_per_worker for c in (pre, ft) if c is not None)
+    return SweepPlan(pre, ft, train_cpus + cfg.trial_cpus, asha_max_t(ft, cfg.asha.grace_period), default_params(cfg))
 
 
 def concurrent_trials(cfg: SweepConfig, train_cpus: float, cluster_cpus: float) -> int:
@@ -200,19 +215,17 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     if saved.is_file():
         _check_same(json.loads(saved.read_text())["config"], cfg, sweep_dir)
     if not ray.is_initialized():
-        from rayssl.cli import init_ray
-
         init_ray()
-    limit = concurrent_trials(cfg, plan["train_cpus"], ray.cluster_resources().get("CPU", 0))
+    limit = concurrent_trials(cfg, plan.train_cpus, ray.cluster_resources().get("CPU", 0))
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"task": cfg.task, "metric": METRIC, "mode": MODE, "searched": list(cfg.space),
-                                 "defaults": plan["defaults"], "config": dump_config(cfg),
+                                 "defaults": plan.defaults, "config": dump_config(cfg),
                                  "params": {n: PARAMS[n].job + "." + PARAMS[n].key for n in cfg.space}}, indent=1))
     # the lock actor lives as long as this driver; trials find it by the store's resolved path
-    lock = store_lock(str(PretrainStore(store_root(cfg, sweep_dir)).root)) if plan["pretrain"] is not None else None
-    print(f"[rayssl] sweep {cfg.task}: {cfg.num_samples} trials, {limit} at a time, searching "
-          f"{', '.join(cfg.space)}; ASHA rungs up to epoch {plan['max_t']}; dir {sweep_dir}", flush=True)
-    tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan["max_t"])
+    lock = store_lock(str(PretrainStore(store_root(cfg.store, sweep_dir)).root)) if plan.pretrain is not None else None
+    log.info("sweep %s: %d trials, %d at a time, searching %s; ASHA rungs up to epoch %d; dir %s", cfg.task,
+             cfg.num_samples, limit, ", ".join(cfg.space), plan.max_t, sweep_dir)
+    tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan.max_t)
     tuner.fit()
     del lock
     if cfg.baseline:

@@ -12,14 +12,8 @@ import time
 from pathlib import Path
 
 from rayssl.config import SweepConfig
+from rayssl.tune.layout import FINETUNE_DIR, STORE_DIR, TRIAL_FILE, store_root
 from rayssl.tune.space import trial_configs
-
-TRIAL_FILE = "trial.json"
-FINETUNE_DIR = "finetune"
-
-
-def store_root(cfg: SweepConfig, sweep_dir: str) -> str:
-    return str(Path(cfg.store).expanduser().resolve()) if cfg.store else f"{sweep_dir}/pretrain_store"
 
 
 def tune_trial(params: dict, sweep: dict, sweep_dir: str) -> None:
@@ -44,7 +38,7 @@ def tune_trial(params: dict, sweep: dict, sweep_dir: str) -> None:
     pre_cfg, ft_cfg = trial_configs(cfg, params)
     info = {"trial_id": trial_id, "params": params, "pretrain": None}
     if pre_cfg is not None:
-        root = store_root(cfg, sweep_dir) if cfg.reuse_pretraining else str(trial_dir / "pretrain_store")
+        root = store_root(cfg.store, sweep_dir) if cfg.reuse_pretraining else str(trial_dir / STORE_DIR)
         store = PretrainStore(root, bucket=cfg.mask_bucket)
         got = store.get_or_pretrain(pre_cfg)
         ft_cfg.pretrained = got["weights"]

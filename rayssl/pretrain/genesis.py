@@ -1,4 +1,6 @@
-"""Models Genesis corruptions (Zhou et al., MedIA 2021), vectorised over the batch and the blocks.
+"""Models Genesis (Zhou et al., MedIA 2021): its corruptions, vectorised over the batch and the blocks,
+and the restoration objective. (The network is :mod:`rayssl.models.genesis_unet`, its chest CT crop rule
+``genesis`` sampling in :mod:`rayssl.data.patches`.)
 
 Order and default probabilities of the paper's code: flips (input and target), local pixel
 shuffling, non-linear (Bezier) intensity transform, then in- or out-painting. Every sample of a
@@ -16,7 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rayssl.config import CorruptionConfig
 
 
 def _rand(*shape: int, generator: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
@@ -541,3 +546,21 @@ class GenesisCorruption:
         if lo < 0.0 or hi > 1.0:
             raise ValueError(f"x values must lie in [0, 1] (Models Genesis scaling), got [{lo:.3g}, {hi:.3g}]")
         return self.apply(x, self.plan(x.shape[0], x.ndim - 2, generator), generator)
+
+
+class GenesisObjective:
+    """Restore the original sub-volume from its corrupted version (MSE)."""
+
+    def __init__(self, c: CorruptionConfig):
+        self.corrupt = GenesisCorruption(flip_prob=c.flip_prob, shuffle_prob=c.shuffle_prob, nonlinear_prob=c.nonlinear_prob,
+                                         paint_prob=c.paint_prob, inpaint_rate=c.inpaint_rate)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """MSE of the restoration of ``x`` from its corruption (drawn on the worker)."""
+        corrupted, target = self.corrupt(x, generator)
+        return F.mse_loss(model(corrupted.to(dtype)).float(), target)
+
+    @torch.no_grad()
+    def preview(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator, dtype: torch.dtype):
+        corrupted, target = self.corrupt(x, generator)
+        return list(zip(target, corrupted, model(corrupted.to(dtype)).float()))

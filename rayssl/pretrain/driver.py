@@ -1,0 +1,127 @@
+"""``pretrain(cfg)``: the driver side of self pre-training (one Ray Train run, launched by :mod:`rayssl.train.launch`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+
+from rayssl.config import PretrainConfig, dump_config
+from rayssl.data.crops import patches_per_case
+from rayssl.data.sources import Source
+from rayssl.pretrain.loop import train_loop_per_worker
+from rayssl.pretrain.methods import export_meta, export_state
+from rayssl.train.artifacts import RunFiles
+from rayssl.train.checkpoint import load_weights, save_export
+from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir
+from rayssl.train.optim import effective_lr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainPlan(RunPlan):
+    """A pre-training run, resolved once on the driver (before Ray starts); ``num_cases`` counts the cases
+    left after quarantine once the volumes are preprocessed."""
+
+    channels: int
+    source: Source | None = None
+    """The resolved source (``None`` for a cache or a given dataset); the driver's only."""
+
+
+def plan_pretrain(cfg: PretrainConfig) -> PretrainPlan:
+    """Resolve the source (or read the cache's manifest), the recipe, the lr and the run directory.
+
+    Raises:
+        ValueError: no training cases, fewer cases than workers, or Models Genesis on a recipe whose
+            intensities leave [0, 1].
+    """
+    from rayssl.data.pipeline import resolve_recipe
+    from rayssl.data.recipes import check_genesis_recipe
+
+    source = None
+    if cfg.data.cache_dir:
+        from rayssl.data.cache import read_manifest
+
+        manifest = read_manifest(cfg.data.cache_dir)
+        num_cases, channels, recipe = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"]), manifest["recipe"]
+    else:
+        from rayssl.data.sources import resolve_source
+
+        source = resolve_source(cfg.data)
+        num_cases, channels = len(source.split("train")), source.channels
+        if num_cases == 0:
+            raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
+        recipe = resolve_recipe(cfg.data, source)
+    check_cases_per_worker(num_cases, max_workers(cfg.scale), cfg.data.source)
+    if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
+        check_genesis_recipe(recipe)
+    total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
+    return PretrainPlan(run_dir(cfg.run, f"{cfg.preset or 'pretrain'}-{cfg.model.method}"), num_cases,
+                        patches_per_case(cfg.data), effective_lr(cfg.optim, total_batch), recipe, channels, source)
+
+
+def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None) -> str:
+    """Run self pre-training; returns the run directory (local path or URI).
+
+    Args:
+        cfg: the pre-training config.
+        dataset: optional Ray Dataset of preprocessed volumes (``case_id`` and ``image`` ``[C, *spatial]``
+            columns) to crop from instead of the one ``cfg.data`` describes.
+        plan: :func:`plan_pretrain` of ``cfg``, when the caller made it already (before starting Ray).
+
+    The run directory ``<run.storage_path>/<run.name>`` holds Ray Train's checkpoints,
+    ``metrics.jsonl``, ``previews/*.png``, ``export/encoder.safetensors`` (+ ``.json`` sidecar) and
+    ``result.json``. Re-running with the same ``run.name`` resumes from the last checkpoint.
+    """
+    if dataset is None:
+        from ray.data.dataset import MaterializedDataset
+
+        from rayssl.data.pipeline import train_volumes
+
+        plan = plan or plan_pretrain(cfg)
+        ds = train_volumes(cfg.data, ["image"], "train", plan.source)
+        if isinstance(ds, MaterializedDataset):
+            plan = dataclasses.replace(plan, num_cases=ds.count())  # without the quarantined cases
+    else:
+        ds = dataset.select_columns(["case_id", "image"])
+        shape = dataset.take(1)[0]["image"].shape
+        total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
+        plan = PretrainPlan(run_dir(cfg.run, f"{cfg.preset or 'pretrain'}-{cfg.model.method}"), dataset.count(),
+                            patches_per_case(cfg.data, shape), effective_lr(cfg.optim, total_batch), cfg.data.recipe,
+                            int(shape[0]))
+    files = RunFiles(plan.run.path)
+    files.write_json("config.json", dump_config(cfg))
+    log.info("pre-training %s (%s) on %s: %d cases x %d fresh crops/epoch, %d epochs, lr %.3g, run dir %s",
+             cfg.model.method, cfg.model.size, cfg.data.source, plan.num_cases, plan.patches_per_case, cfg.epochs,
+             plan.lr, plan.run.path)
+    result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": dataclasses.replace(plan, source=None)},
+                       cfg.scale, cfg.data, cfg.run, plan.run, ds)
+    metrics = result.metrics or {}
+
+    with result.checkpoint.as_directory() as ckpt:
+        weights = export_state(cfg.model.method, load_weights(ckpt))
+    meta = {**export_meta(cfg, plan.channels), "steps": metrics.get("step"), "final_loss": metrics.get("loss")}
+    name_out = "encoder" if cfg.model.method == "mae" else "unet"
+    weights_path, _ = save_export(weights, meta, files.path(f"export/{name_out}"))
+    summary = {
+        "method": cfg.model.method,
+        "preset": cfg.preset,
+        "final_loss": metrics.get("loss"),
+        "steps": metrics.get("step"),
+        "epochs": metrics.get("epoch"),
+        "samples": metrics.get("samples"),
+        "samples_per_s": metrics.get("samples", 0) / wall if wall > 0 else None,
+        "wall_time_s": wall,
+        "world_size": metrics.get("world_size"),
+        "resumes": metrics.get("resumes"),
+        "peak_mem_mb_max": metrics.get("peak_mem_mb_max"),
+        "weights": files.uri(f"export/{weights_path.name}"),
+        "checkpoint": result.checkpoint.path,
+        "run_dir": plan.run.path,
+    }
+    files.write_json("result.json", summary)
+    files.sync()
+    log.info(json.dumps({k: summary[k] for k in ("final_loss", "steps", "samples_per_s", "weights")}))
+    return plan.run.path

@@ -1,0 +1,185 @@
+"""Launching Ray Train runs: Ray start-up, worker counts, the GPU decision, run directories, and one
+function that builds and fits a ``TorchTrainer``. Pre-training, fine-tuning and the sweep's trials all
+launch through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rayssl.config import DataConfig, RunConfig, ScaleConfig
+from rayssl.data.io import is_uri
+
+log = logging.getLogger(__name__)
+
+
+def init_ray() -> None:
+    """Join the cluster a job was submitted to (``RAY_ADDRESS`` / job context), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(include_dashboard=False)
+
+
+def max_workers(scale: ScaleConfig) -> int:
+    """The number of workers, or the largest of an elastic ``[min, max]``."""
+    w = scale.num_workers
+    return w[1] if isinstance(w, tuple) else w
+
+
+def check_cases_per_worker(num_cases: int, workers: int, source: str) -> None:
+    """Every worker crops its own share of the training cases (Ray Train splits them equally)."""
+    if num_cases < workers:
+        raise ValueError(f"data.source={source!r} has {num_cases} training case(s) but scale.num_workers asks for "
+                         f"{workers} workers; each worker needs at least one case (fewer workers or more cases)")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where a run lives: Ray Train's ``name`` under ``storage`` (a local absolute path or a URI), and ``path``."""
+
+    name: str
+    storage: str
+    path: str
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What every Ray Train run's workers are given, resolved once on the driver. Pre-training and
+    fine-tuning extend it (``PretrainPlan``, ``FinetunePlan``)."""
+
+    run: RunDir
+    num_cases: int
+    """Training cases (each worker crops its share)."""
+    patches_per_case: int
+    """Fresh crops per case and epoch."""
+    lr: float
+    """Peak learning rate (the batch scaling rule applied)."""
+    recipe: str | None
+    """The preprocessing recipe of the training volumes."""
+
+
+def run_dir(run: RunConfig, default_name: str) -> RunDir:
+    """``<run.storage_path>/<run.name>``, the name defaulting to ``default_name-<time>``."""
+    name = run.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = run.storage_path if is_uri(run.storage_path) else str(Path(run.storage_path).resolve())
+    return RunDir(name, storage, f"{storage.rstrip('/')}/{name}")
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def _autoscaling_config_file() -> str | None:
+    """The ``--autoscaling-config`` of this cluster's autoscaler when it runs on this machine (the head node,
+    where ``ray job submit`` runs drivers; the launcher puts it at ``~/ray_bootstrap_config.yaml``)."""
+    import psutil
+    import ray
+
+    port = ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if any(a.endswith("monitor.py") for a in args) and any(a.startswith("--gcs-address=") and a.endswith(f":{port}") for a in args):
+            return next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
+    return None
+
+
+def autoscaler_max_gpus() -> float:
+    """GPUs the cluster's autoscaler can bring up (0 when it has no GPU node types or none is known).
+
+    Read from the cluster config Ray reports (KubeRay, autoscaler v2), else from the autoscaler's config file
+    on the head node (cluster launcher, ``RAY_FAKE_CLUSTER``).
+    """
+    from ray._private.state import state  # the same source Ray Train checks cluster capacity with
+
+    reported = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
+    if reported:
+        return float(reported)
+    path = _autoscaling_config_file()
+    if not path:
+        return 0.0
+    import yaml
+
+    config = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    types = config.get("available_node_types", {})
+    return float(sum(t.get("resources", {}).get("GPU", 0) * t.get("max_workers", config.get("max_workers", 0)) for t in types.values()))
+
+
+def use_gpu(scale: ScaleConfig) -> bool:
+    """``scale.use_gpu``; unset: GPUs when the cluster has some now or its autoscaler can add GPU nodes.
+
+    A cluster whose GPU node types sit at zero nodes thus trains on GPUs (waiting for the autoscaler)
+    rather than silently on CPU; the decision is logged.
+    """
+    import ray
+
+    if scale.use_gpu is not None:
+        return scale.use_gpu
+    up = ray.cluster_resources().get("GPU", 0)
+    addable = 0.0 if up else autoscaler_max_gpus()
+    gpu = up > 0 or addable > 0
+    seen = f"{up:g} GPUs up" if up else f"no GPU up, {addable:g} the autoscaler can add"
+    how = "GPU" if up else ("GPU, waiting for the autoscaler to add GPU nodes" if gpu else "CPU")
+    log.info("scale.use_gpu not set: %s -> %s", seen, how)
+    return gpu
+
+
+def scaling_config(scale: ScaleConfig, data: DataConfig):
+    """Ray Train's ``ScalingConfig``; warns when the workers would leave Ray Data no CPU while it streams
+    (``data.cache_dir`` or ``keep_volumes=false``; kept volumes are in the object store before training)."""
+    import ray
+    import ray.train
+
+    gpu = use_gpu(scale)
+    wanted = scale.cpus_per_worker * max_workers(scale)
+    streams = data.cache_dir or not data.keep_volumes
+    if streams and wanted >= ray.cluster_resources().get("CPU", 0) > 0:
+        log.warning("the train workers reserve %g of the cluster's %g CPUs and Ray Data needs some to feed them; "
+                    "unless the autoscaler adds nodes, lower scale.cpus_per_worker", wanted, ray.cluster_resources()["CPU"])
+    resources = {"CPU": scale.cpus_per_worker}
+    if gpu:
+        resources["GPU"] = scale.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=scale.num_workers, use_gpu=gpu, resources_per_worker=resources)
+
+
+def fit(loop: Callable[[dict], None], loop_config: dict, scale: ScaleConfig, data: DataConfig, run: RunConfig,
+        where: RunDir, dataset, callbacks: list | None = None):
+    """Build a ``TorchTrainer`` running ``loop`` on ``dataset`` (as the ``"train"`` shard) and fit it.
+
+    Re-running with the same ``where.name`` resumes from the run's last checkpoint.
+
+    Returns:
+        ``(result, wall seconds)``.
+
+    Raises:
+        The run's error, when it failed.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=scaling_config(scale, data),
+        run_config=ray.train.RunConfig(
+            name=where.name,
+            storage_path=where.storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            callbacks=callbacks,
+        ),
+        datasets={"train": dataset},
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result, time.perf_counter() - t0

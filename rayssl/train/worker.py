@@ -1,0 +1,220 @@
+"""What every Ray Train worker loop shares: the worker's context, the state checkpoints carry, loss windows,
+seeded generators and the epoch loop over fresh crops. Pre-training and fine-tuning plug a step and their
+report hooks into :func:`train_epochs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from rayssl.config import DataConfig, ScaleConfig
+from rayssl.data.crops import epoch_batches
+from rayssl.logs import configure_logging
+from rayssl.train.artifacts import RunFiles
+from rayssl.train.engine import resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; checkpoints carry it (``train_state.json``) and a resume restores it."""
+
+    step: int = 0
+    """Optimiser steps done."""
+    epoch: int = 0
+    """Epochs completed."""
+    batch_in_epoch: int = 0
+    """Micro-batches done in the current epoch (a resume skips them: the same crops)."""
+    samples: int = 0
+    resumes: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def update(self, saved: dict) -> None:
+        """Take the fields a checkpoint saved (unknown keys are ignored)."""
+        for f in dataclasses.fields(self):
+            if f.name in saved:
+                setattr(self, f.name, saved[f.name])
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """This worker's rank, world size, device and precision, and the run's files on rank 0."""
+
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+    files: RunFiles | None
+
+    @classmethod
+    def current(cls, run_dir: str, scale: ScaleConfig) -> "WorkerContext":
+        import ray.train
+        import ray.train.torch
+
+        configure_logging()
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        device = ray.train.torch.get_device()
+        files = RunFiles(run_dir, pull_metrics=True) if rank == 0 else None
+        return cls(rank, world, device, resolve_precision(scale, device.type == "cuda"), files)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    def seed(self, seed: int, step: int) -> int:
+        """A seed per run seed, rank and optimiser step (a resume draws new numbers, not the first ones again)."""
+        return seed * 1000 + self.rank + step
+
+    def generator(self, seed: int, step: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.seed(seed, step))
+
+
+def steps_per_epoch(num_cases: int, patches_per_case: int, world_size: int, batch_size: int, grad_accum: int) -> int:
+    """Optimiser steps per epoch when every worker gets an equal share of the cases (Ray Train's
+    ``streaming_split(equal=True)``), cuts ``patches_per_case`` crops of each and drops the last batch."""
+    return max(1, (num_cases // world_size) * patches_per_case // batch_size // grad_accum)
+
+
+def total_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
+    """The run's optimiser steps: all epochs, or ``max_steps`` when that is fewer."""
+    return min(steps_per_epoch * epochs, max_steps) if max_steps else steps_per_epoch * epochs
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def all_mean(value: float) -> float:
+    """The mean of ``value`` over the workers."""
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t)
+
+
+def all_gather(value: float) -> list[float]:
+    """``value`` of every worker, in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return [float(v) for v in out]
+
+
+def broadcast(obj):
+    """Rank 0's ``obj`` on every worker."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+class LossWindow:
+    """Losses and samples since the window was last reset (one worker's)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.total, self.count, self.samples, self.t0 = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, loss: float, samples: int) -> None:
+        self.total, self.count, self.samples = self.total + loss, self.count + 1, self.samples + samples
+
+    def mean(self) -> float:
+        """The window's mean loss over all workers (a collective)."""
+        return all_mean(self.total / max(1, self.count))
+
+    def samples_per_s(self, world: int) -> float:
+        """Samples per second of all workers, assuming each trained as many as this one."""
+        return self.samples * world / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def _with_last(items: Iterable) -> Iterator[tuple[object, bool]]:
+    """``(item, is_last)`` pairs."""
+    it = iter(items)
+    try:
+        item = next(it)
+    except StopIteration:
+        return
+    for following in it:
+        yield item, False
+        item = following
+    yield item, True
+
+
+def train_epochs(
+    state: TrainState,
+    rows: Callable[[], Iterable[dict]],
+    data: DataConfig,
+    *,
+    epochs: int,
+    steps: int,
+    batch_size: int,
+    grad_accum: int,
+    columns: list[str],
+    shuffle_seed: int,
+    world: int,
+    step: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, int]],
+    window: LossWindow,
+    after_step: Callable[[], None] | None = None,
+    after_epoch: Callable[[], None] | None = None,
+) -> None:
+    """Train until ``steps`` optimiser steps or ``epochs`` epochs, on fresh crops every epoch.
+
+    Args:
+        state: updated in place: ``step`` after every optimiser step, ``batch_in_epoch`` after every
+            micro-batch (a resumed epoch skips the micro-batches already done: the same crops), ``epoch``
+            when an epoch's batches are all done, ``samples``.
+        rows: returns this epoch's stream of preprocessed volumes (e.g. a dataset shard's ``iter_rows``).
+        data: crops and flips (:func:`rayssl.data.crops.epoch_batches`).
+        epochs, steps: the budget.
+        batch_size, grad_accum: micro-batch size; micro-batches per optimiser step.
+        columns: the batch fields.
+        shuffle_seed: orders the crops within the mixing buffer (the worker's rank).
+        world: the number of workers (``state.samples`` counts all of theirs).
+        step: trains on one micro-batch; returns its loss and number of samples.
+        window: receives each micro-batch's loss.
+        after_step: called after each optimiser step but the last.
+        after_epoch: called after each completed epoch.
+    """
+    micro = 0
+    while state.step < steps and state.epoch < epochs:
+        batches = epoch_batches(rows(), data, state.epoch, batch_size, columns, shuffle_seed)
+        for i, (batch, last) in enumerate(_with_last(batches)):
+            if i < state.batch_in_epoch:
+                continue
+            loss, n = step(batch)
+            window.add(float(loss.detach()), n)
+            micro += 1
+            state.batch_in_epoch = i + 1
+            state.samples += n * world
+            if micro % grad_accum:
+                continue
+            state.step += 1
+            if state.step >= steps and not last:
+                return
+            if state.step < steps and after_step:
+                after_step()
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if after_epoch:
+            after_epoch()
