@@ -13,12 +13,15 @@ from rayssl.train.engine import build_engine, deepspeed_config, full_state_dict
 from rayssl.train.optim import make_optimizer, param_groups
 
 
-@pytest.fixture
-def one_rank_group(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCAL_RANK", "0")  # what Ray Train sets in its workers
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+@pytest.fixture(scope="module")
+def one_rank_group(tmp_path_factory):
+    # one group for the module: DeepSpeed caches its process groups, a second init would leave them stale
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOCAL_RANK", "0")  # what Ray Train sets in its workers
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('pg') / 'pg'}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+    mp.undo()
 
 
 def mlp() -> nn.Module:
@@ -75,3 +78,43 @@ def test_zero3_fp32_steps_parameter_partitions_in_place(one_rank_group, tmp_path
     restore_engine(restored, tmp_path / "ckpt")
     for _ in range(2):
         step_both(restored, reference, ref_opt, x)
+
+
+class _Planted:
+    """A pickle that touches a marker file when it is unpickled (as a planted checkpoint would run code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_resume_refuses_a_planted_pickle_and_runs_nothing(one_rank_group, tmp_path, stage):
+    from rayssl.train.engine import UnsafeCheckpointError
+
+    optim = OptimConfig()
+
+    def engine():
+        model = mlp()
+        return build_engine(model, param_groups(model, optim.weight_decay), make_optimizer(optim, 1e-3),
+                            lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+                            deepspeed_config(8, optim, stage, "fp32", model))
+
+    trained = engine()
+    loss = trained(torch.randn(8, 256)).pow(2).mean()
+    trained.backward(loss)
+    trained.step()
+    save_checkpoint(trained, tmp_path / "ckpt", {"step": 1}, rank=0, world_size=1)
+    restore_engine(engine(), tmp_path / "ckpt")  # DeepSpeed's own files (with their plain-data types) load
+    marker = tmp_path / "code-ran"
+    for victim in sorted((tmp_path / "ckpt").rglob("*.pt")):
+        original = victim.read_bytes()
+        torch.save({"module": _Planted(marker)}, victim)
+        with pytest.raises(UnsafeCheckpointError, match=f"checkpoint file {victim} was not loaded: .* a reference to getattr"):
+            restore_engine(engine(), tmp_path / "ckpt")
+        assert not marker.exists()
+        victim.write_bytes(original)

@@ -7,6 +7,7 @@ Train has created the process group it reuses (gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable
 
 import torch
@@ -88,11 +89,52 @@ def build_engine(
         config=config,
         dist_init_required=False,
     )
+    load_checkpoints_safely(engine)
     if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
         # one worker has nothing to average; DeepSpeed would still flatten and copy every gradient
         engine.enable_backward_allreduce = False
     share_fp32_master_partitions(engine.optimizer)
     return engine
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint file holds more than tensors and plain data; it was not loaded."""
+
+
+def _deepspeed_data_types() -> list[type]:
+    """The classes DeepSpeed's own checkpoints hold besides tensors and builtins: plain data (the loss-scale
+    settings, the ZeRO stage, the address of a flat-partition fragment), safe to rebuild from their fields."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_checkpoints_safely(engine) -> None:
+    """Make ``engine`` read its checkpoint files with ``torch.load(weights_only=True)``.
+
+    DeepSpeed's checkpoint engine loads them with ``weights_only=False``, so resuming from a checkpoint
+    folder someone else can write to would run any pickle planted there. Here only tensors, builtins and
+    the DeepSpeed data types above are rebuilt; anything else stops the load with
+    :class:`UnsafeCheckpointError` naming the file and what it holds.
+    """
+    import pickle
+
+    allowed = _deepspeed_data_types()
+
+    def load(path, map_location=None):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            what = f"a reference to {found.group(1)}" if found else str(e).splitlines()[0]
+            raise UnsafeCheckpointError(f"checkpoint file {path} was not loaded: besides tensors and plain data it holds "
+                                        f"{what}, which unpickling would run; rayssl never unpickles code from a "
+                                        "checkpoint (delete the file or the checkpoint to resume from an earlier one)") from None
+
+    engine.checkpoint_engine.load = load
 
 
 def share_fp32_master_partitions(optimizer) -> None:
