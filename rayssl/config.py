@@ -85,6 +85,10 @@ class DataConfig(Strict):
     seed: int = 0
     strict: bool = False
     """Turn any quarantined input into an error."""
+    allow_outside_root: bool = False
+    """Read files a manifest (``dataset.json``, a CSV, ``Data_Entry_2017.csv``) or a symlink places outside the
+    source's folder (``..``, absolute paths, other URIs). Off: they are quarantined as ``outside the dataset
+    root`` before anything reads them."""
     patch_dtype: Literal["float32", "float16"] = "float32"
     cache_dir: str | None = None
     """Preprocessed volumes written by ``prepare_data`` (Parquet); when set, training crops from them."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,12 +57,18 @@ class Source:
     root: str
     cases: list[Case]
     spatial_dims: int
-    channels: int
+    channels: int | None
+    """Input channels; ``None`` until :func:`resolve_source` reads them from the first usable case's header."""
     recipe: str
     labels: dict[int, str] = field(default_factory=dict)
     modality: dict[int, str] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
+    roots: list[str] = field(default_factory=list)
+    """The folders every listed file must lie in (default: ``[root]``; a folder source: images and labels)."""
+
+    def __post_init__(self):
+        self.roots = self.roots or [self.root]
 
     def split(self, name: str) -> list[Case]:
         """The cases of one split."""
@@ -109,6 +117,39 @@ def _list_dir(folder: str) -> list[str] | None:
 
 def _is_nifti(path: str) -> bool:
     return path.lower().endswith(_NIFTI)
+
+
+def outside_root(path: str, roots: list[str]) -> bool:
+    """Whether ``path`` lies outside every folder of ``roots``: ``..`` out of it, an absolute path or a URI
+    elsewhere (``file://`` included), or a symlink that leads out of it."""
+    for root in roots:
+        if is_uri(root) or is_uri(path):
+            if not (is_uri(root) and is_uri(path)):
+                continue
+            r, p = urlsplit(root), urlsplit(path)
+            base = posixpath.normpath("/" + r.path.strip("/"))
+            inner = posixpath.normpath("/" + p.path.lstrip("/"))
+            if (r.scheme, r.netloc) == (p.scheme, p.netloc) and (inner + "/").startswith(base.rstrip("/") + "/"):
+                return False
+            continue
+        base, real = os.path.realpath(root), os.path.realpath(path)
+        if os.path.commonpath([base, real]) == base:
+            return False
+    return True
+
+
+def _keep_inside(cases: list[Case], roots: list[str], missing: list[tuple[str, str]]) -> list[Case]:
+    """Move cases with a file outside ``roots`` to ``missing`` (reason ``outside the dataset root``), before
+    anything reads or even lists it."""
+    kept = []
+    for c in cases:
+        out = [p for p in [*c.image, *([c.label] if c.label else [])] if outside_root(p, roots)]
+        if out:
+            missing.extend((p, f"outside the dataset root ({', '.join(roots)}); set data.allow_outside_root=true "
+                               "to read it") for p in out)
+        else:
+            kept.append(c)
+    return kept
 
 
 def _keep_existing(cases: list[Case], missing: list[tuple[str, str]]) -> list[Case]:
@@ -212,8 +253,8 @@ def _folder(spec: str) -> Source:
             cases.append(Case(_stem(f), [f], label, split=""))
     if not cases:
         raise ValueError(f"folder:{spec}: no .nii/.nii.gz files in {images_dir!r}")
-    channels = _volume_channels(cases[0].image[0])
-    return Source("folder", images_dir, cases, 3, channels, "none", {}, {}, [], [])
+    roots = [images_dir, labels_dir] if labels_dir else [images_dir]
+    return Source("folder", images_dir, cases, 3, None, "none", {}, {}, [], [], roots)
 
 
 def _csv(path: str) -> Source:
@@ -239,9 +280,7 @@ def _csv(path: str) -> Source:
     two_d = bool(cases) and cases[0].image[0].lower().endswith(_IMAGE_2D)
     if two_d:
         return Source("csv", root, cases, 2, 1, "cxr", {}, {}, [], [])
-    channels = len(cases[0].image) if cases and len(cases[0].image) > 1 else 1
-    if cases and len(cases[0].image) == 1 and exists(cases[0].image[0]):
-        channels = _volume_channels(cases[0].image[0])
+    channels = len(cases[0].image) if cases and len(cases[0].image) > 1 else None  # one file: from its header
     return Source("csv", root, cases, 3, channels, "none", {}, {}, [], [])
 
 
@@ -377,7 +416,11 @@ def resolve_source(data: DataConfig) -> Source:
         raise _bad_spec(spec, f"unknown source type {prefix!r}")
     else:
         src = _detect(absolute(spec), spec)
+    if not data.allow_outside_root:
+        src.cases = _keep_inside(src.cases, src.roots, src.missing)
     src.cases = _keep_existing(src.cases, src.missing)
+    if src.channels is None:
+        src.channels = _volume_channels(src.cases[0].image[0]) if src.cases else 1
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
     if data.train_cases is not None:
         src.cases = _train_subset(src.cases, data.train_cases, data.subset_seed, spec)
