@@ -7,7 +7,7 @@ Joins the cluster in ``RAY_ADDRESS`` if set, else starts a local Ray. The last p
 output folder.
 """
 
-from rayssl.cli import fail, parse_job_args
+from rayssl.cli import before_ray, fail, parse_job_args
 from rayssl.config import PrepareConfig
 
 
@@ -25,9 +25,12 @@ if __name__ == "__main__":
             cfg.out = args.out
     except ValueError as e:
         fail(str(e))
-    from rayssl.data.pipeline import prepare
+    from rayssl.data.pipeline import check_splits, prepare, resolve_recipe
+    from rayssl.data.sources import resolve_source
     from rayssl.train.launch import init_ray
 
+    source = before_ray(resolve_source, cfg.data)  # the source, its recipe and splits, checked before Ray starts
+    before_ray(resolve_recipe, cfg.data, source)
+    before_ray(check_splits, cfg.data, source)
     init_ray()
-
-    print(prepare(cfg))
+    print(prepare(cfg, source))

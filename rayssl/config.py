@@ -24,6 +24,14 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key."""
 
 
+def check_divisible(roi, by: int, what: str, key: str = "data.roi") -> None:
+    """Raise ``ValueError`` naming ``key`` unless every axis of ``roi`` is a multiple of ``by``."""
+    bad = [int(s) for s in roi if s < by or s % by]
+    if bad:
+        raise ValueError(f"{key}={list(roi)}: every axis must be a multiple of {by} ({what}); "
+                         f"e.g. {[max(by, round(s / by) * by) for s in roi]}")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -85,6 +93,9 @@ class DataConfig(Strict):
     seed: int = 0
     strict: bool = False
     """Turn any quarantined input into an error."""
+    channels: int | None = Field(None, ge=1)
+    """Input channels every case must have; ``None``: the source's (MSD: its ``modality`` entries; folder and
+    CSV: the most common count among the files' headers). A case with another count is quarantined."""
     allow_outside_root: bool = False
     """Read files a manifest (``dataset.json``, a CSV, ``Data_Entry_2017.csv``) or a symlink places outside the
     source's folder (``..``, absolute paths, other URIs). Off: they are quarantined as ``outside the dataset
@@ -192,6 +203,9 @@ def _format_errors(err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "<config>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif e["type"] == "value_error":  # a validator's check: its message names the keys
+            lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}" if e["loc"] else
+                         f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -360,6 +374,10 @@ class PretrainConfig(Strict):
         # the driver checks it before Ray starts
         if self.model.method == "genesis" and self.data.recipe is not None:
             check_genesis_recipe(self.data.recipe)
+        if self.model.method == "mae":
+            check_divisible(self.data.roi, self.model.patch_size, f"model.patch_size={self.model.patch_size}")
+        elif len(self.data.roi) == 3:
+            check_divisible(self.data.roi, 8, "the Genesis U-Net pools three times")
         return self
 
 
@@ -445,6 +463,11 @@ class FinetuneConfig(Strict):
             raise ValueError(f"model.arch=vit_classifier predicts task.labels=multilabel, got {self.task.labels}")
         if self.eval.roi is not None and len(self.eval.roi) != dims:
             raise ValueError(f"eval.roi {list(self.eval.roi)} must have {dims} entries like data.roi")
+        by, what = ((8, "the Genesis U-Net pools three times") if self.model.arch == "genesis_unet"
+                    else (self.model.patch_size, f"model.patch_size={self.model.patch_size}"))
+        check_divisible(self.data.roi, by, what)
+        if self.eval.roi is not None:
+            check_divisible(self.eval.roi, by, what, "eval.roi")
         return self
 
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "case_rng": "patches",
     "grid_origins": "patches",
     "QuarantineLog": "pipeline",
-    "QuarantineError": "pipeline",
+    "QuarantineError": "sources",
     "case_dataset": "pipeline",
     "train_volumes": "pipeline",
     "epoch_batches": "crops",

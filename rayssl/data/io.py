@@ -7,8 +7,8 @@ for PNG/JPEG), so the same code reads a laptop folder and a bucket. Every failur
 
 from __future__ import annotations
 
-import gzip
 import io
+import math
 import os
 import posixpath
 import zlib
@@ -94,31 +94,113 @@ def read_bytes(path: str) -> bytes:
         raise BadInput(f"cannot read file: {e}", path) from None
 
 
-def _decode_nifti(raw: bytes, path: str) -> nib.Nifti1Image:
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (EOFError, OSError, zlib.error):
-            raise BadInput("truncated or corrupt gzip data", path) from None
+MAX_VOLUME_BYTES = 8 * 2**30
+"""The largest voxel array a NIfTI header may claim (8 GiB, a 1024 x 1024 x 2048 float32 volume): a larger
+claim is refused before anything is allocated or decompressed."""
+
+
+def _gunzip(raw: bytes, limit: int, path: str) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of a gzip stream, and whether the stream ended within them (memory stays
+    bounded by ``limit`` whatever the stream claims or expands to)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = []
+    size = 0
+    try:
+        chunk = d.decompress(raw, limit)
+        while True:
+            out.append(chunk)
+            size += len(chunk)
+            if d.eof or size >= limit or not d.unconsumed_tail:
+                break
+            chunk = d.decompress(d.unconsumed_tail, limit - size)
+    except zlib.error:
+        raise BadInput("truncated or corrupt gzip data", path) from None
+    return b"".join(out), d.eof
+
+
+def _nifti_layout(head: bytes, path: str):
+    """``(image class, header, bytes the header says the file holds)`` from a file's first bytes."""
     # NIfTI-1: sizeof_hdr 348 and magic "n+1"; NIfTI-2: 540 and "n+2" (either byte order).
     for size, klass in ((348, nib.Nifti1Image), (540, nib.Nifti2Image)):
-        if len(raw) >= size and size in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")):
-            try:
-                return klass.from_bytes(raw)
-            except Exception as e:  # nibabel raises many types for damaged headers
-                raise BadInput(f"unreadable NIfTI header: {e}", path) from None
+        for endian, order in (("<", "little"), (">", "big")):
+            if len(head) >= size and int.from_bytes(head[:4], order) == size:
+                try:
+                    header = klass.header_class(head[:size], endianness=endian, check=False)
+                    shape, dtype = header.get_data_shape(), header.get_data_dtype()
+                    offset = int(header.get_data_offset())
+                except Exception as e:  # nibabel raises many types for damaged headers
+                    raise BadInput(f"unreadable NIfTI header: {e}", path) from None
+                if any(int(d) < 0 for d in shape) or offset < 0:
+                    raise BadInput(f"unreadable NIfTI header: shape {tuple(shape)}, data offset {offset}", path)
+                return klass, header, offset + math.prod(int(d) for d in shape) * dtype.itemsize
     raise BadInput("not a NIfTI file", path)
+
+
+def nifti_shape(path: str) -> tuple[int, ...]:
+    """The voxel shape a NIfTI file's header declares, reading only the file's first 64 KiB.
+
+    Raises:
+        BadInput: missing or unreadable file, not a NIfTI file.
+    """
+    try:
+        fs, p = open_uri(path)
+        with fs.open_input_stream(p, compression=None) as f:
+            raw = f.read(65536)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read file: {e}", path) from None
+    head, _ = _gunzip(raw, 540, path) if raw[:2] == _GZIP_MAGIC else (raw[:540], True)
+    return tuple(int(d) for d in _nifti_layout(head, path)[1].get_data_shape())
+
+
+def _describe(header) -> str:
+    shape, dtype = tuple(int(d) for d in header.get_data_shape()), header.get_data_dtype()
+    return f"{' x '.join(map(str, shape)) or 'no'} voxels of {dtype}"
+
+
+def _decode_nifti(raw: bytes, path: str) -> nib.Nifti1Image:
+    """The image in ``raw`` (``.nii`` or ``.nii.gz`` bytes), after checking that the voxel data its header
+    claims is at most :data:`MAX_VOLUME_BYTES` and is really in the file: a lying header is refused before
+    anything is allocated, and decompression never goes past the claimed size."""
+    gz = raw[:2] == _GZIP_MAGIC
+    head, _ = _gunzip(raw, 540, path) if gz else (raw[:540], True)
+    klass, header, needed = _nifti_layout(head, path)
+    if needed - int(header.get_data_offset()) > MAX_VOLUME_BYTES:
+        raise BadInput(f"header claims {_describe(header)} ({needed / 2**30:.1f} GiB), above the "
+                       f"{MAX_VOLUME_BYTES / 2**30:.0f} GiB a volume may have", path)
+    if gz:
+        raw, ended = _gunzip(raw, needed, path)
+        if len(raw) < needed:
+            why = "the gzip stream ends" if ended else "the gzip data is truncated or corrupt"
+            raise BadInput(f"truncated: header claims {_describe(header)} ({needed} bytes with the header) but "
+                           f"the file holds {len(raw)} bytes ({why})", path)
+    elif len(raw) < needed:
+        raise BadInput(f"truncated: header claims {_describe(header)} ({needed} bytes with the header) but the "
+                       f"file holds {len(raw)} bytes", path)
+    try:
+        return klass.from_bytes(raw)
+    except Exception as e:  # nibabel raises many types for damaged headers
+        raise BadInput(f"unreadable NIfTI header: {e}", path) from None
 
 
 def _nifti_array(path: str) -> tuple[np.ndarray, np.ndarray]:
     img = _decode_nifti(read_bytes(path), path)
     if 0 in img.shape:
         raise BadInput(f"empty image, shape {tuple(int(d) for d in img.shape)}", path)
+    dtype = img.header.get_data_dtype()
+    if dtype.kind == "c":
+        raise BadInput(f"complex voxels ({dtype}) are not supported: store the magnitude or one part", path)
+    if dtype.fields is not None:
+        raise BadInput(f"RGB / structured voxels ({', '.join(dtype.names)}) are not supported: store one "
+                       "grayscale value per voxel", path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise BadInput(f"the affine is not an invertible voxel-to-world map (all zero, collapsed or non-finite "
+                       f"axes): {np.round(affine[:3, :3], 6).tolist()}", path)
     try:
         data = np.asanyarray(img.dataobj)  # applies scl_slope/inter if set
     except Exception as e:
-        raise BadInput(f"unreadable NIfTI data (truncated?): {e}", path) from None
-    return data, np.asarray(img.affine, dtype=np.float64)
+        raise BadInput(f"unreadable NIfTI data: {e or type(e).__name__}", path) from None
+    return data, affine
 
 
 def read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ from rayssl.data.context import dataset_context
 from rayssl.data.io import BadInput, absolute, is_uri, join, open_uri
 from rayssl.data.preprocess import load_case
 from rayssl.data.recipes import RECIPES
-from rayssl.data.sources import Case, Source, resolve_source
+from rayssl.data.sources import Case, QuarantineError, Source, listing_message, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ SPLITS = ("train", "val", "test")
 CASES_PER_BLOCK = 4
 """Cases per block of the listing (one Ray task each) once there are more blocks than 2 per CPU."""
 MAX_BLOCKS = 1024
-
-
-class QuarantineError(ValueError):
-    """Strict mode: some inputs could not be used; the message lists each path and reason."""
 
 
 @ray.remote(num_cpus=0)
@@ -122,27 +118,21 @@ def _select(source: Source, split: str | list[str], data: DataConfig) -> list[Ca
 
 
 def _record_missing(source: Source, data: DataConfig, quarantine) -> None:
-    if data.strict and source.missing:
-        raise QuarantineError(_listing_message(f"source {data.source!r}", [{"path": p, "reason": r} for p, r in source.missing]))
     if quarantine is not None and source.missing:
         ray.get([quarantine.add.remote(p, r) for p, r in source.missing])
     for path, reason in source.missing:
         logger.warning("quarantined %s: %s", path, reason)
 
 
-def _listing_message(what: str, entries: list[dict]) -> str:
-    lines = "\n".join(f"  {e['path']}: {e['reason']}" for e in entries)
-    return f"{what}: {len(entries)} unusable input(s) (strict mode):\n{lines}"
-
-
 # --------------------------------------------------------------------------- per-case work (Ray tasks)
 
 
-def _load(row: dict, recipe: str, spacing, size_2d: int, keep_label: bool, quarantine, strict: bool) -> dict | None:
+def _load(row: dict, recipe: str, spacing, size_2d: int, channels: int, keep_label: bool, quarantine,
+          strict: bool) -> dict | None:
     """``load_case`` on one listed case; an unusable case is recorded and gives ``None``."""
     case = Case(**json.loads(row["case"]))
     try:
-        volume = load_case(case, recipe, spacing, size_2d)
+        volume = load_case(case, recipe, spacing, size_2d, channels)
     except Exception as e:  # noqa: BLE001 - any read/decode failure quarantines the case, never the run
         path = getattr(e, "path", None) or ",".join(case.image)
         reason = str(e) if isinstance(e, BadInput) else f"{type(e).__name__}: {e}"
@@ -157,9 +147,9 @@ def _load(row: dict, recipe: str, spacing, size_2d: int, keep_label: bool, quara
     return volume
 
 
-def _volume_row(row: dict, keep_label: bool, recipe: str, spacing, size_2d: int, quarantine, strict: bool,
-                dtype: str = "float32") -> list[dict]:
-    volume = _load(row, recipe, spacing, size_2d, keep_label, quarantine, strict)
+def _volume_row(row: dict, keep_label: bool, recipe: str, spacing, size_2d: int, channels: int, quarantine,
+                strict: bool, dtype: str = "float32") -> list[dict]:
+    volume = _load(row, recipe, spacing, size_2d, channels, keep_label, quarantine, strict)
     if volume is None:
         return []
     out = {"case_id": volume["case_id"], "split": volume["split"], "image": volume["image"].astype(dtype, copy=False),
@@ -209,7 +199,7 @@ def _volume_stream(data: DataConfig, source: Source, recipe: str, cases: list[Ca
     return _listing(cases).flat_map(
         _volume_row,
         fn_kwargs=dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=image_size_2d(data),
-                       quarantine=quarantine, strict=data.strict, dtype=dtype),
+                       channels=source.channels, quarantine=quarantine, strict=data.strict, dtype=dtype),
     )
 
 
@@ -279,18 +269,29 @@ def _split_stats(out: str, split: str) -> dict:
     return {"cases": dataset.count_rows(), "files": len(dataset.files)}
 
 
-def prepare(cfg: PrepareConfig) -> str:
+def check_splits(data: DataConfig, source: Source) -> None:
+    """Raise ``ValueError`` naming the split when one of ``data.splits`` lists no case (nothing to prepare)."""
+    for split in data.splits:
+        if not source.split(split):
+            raise ValueError(f"data.splits: split {split!r} of source {data.source!r} lists no case "
+                             f"({len(source.cases)} listed, {len(source.missing)} unusable); drop it from data.splits "
+                             "or check the source")
+
+
+def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
     """Read and preprocess ``cfg.data.splits`` once and write the volumes as Parquet shards, with
     ``manifest.json`` and ``quarantine.json``: the cache training crops from (``data.cache_dir``).
 
     Args:
         cfg: ``data`` (what to read and how to preprocess it), ``out`` (default :func:`default_out`),
             ``rows_per_file`` (volumes per file).
+        source: ``resolve_source(cfg.data)``, when the caller resolved it already (before starting Ray).
 
     Returns:
         The output folder (or URI).
 
     Raises:
+        ValueError: a split to prepare lists no case, or all of its cases were unusable.
         QuarantineError: ``data.strict`` and some inputs were unusable (all are listed; the shards
             written are removed and no manifest is written).
     """
@@ -298,21 +299,17 @@ def prepare(cfg: PrepareConfig) -> str:
     out = cfg.out or default_out(data)
     if not is_uri(out):
         out = os.path.abspath(out)
-    source = resolve_source(data)
+    source = source or resolve_source(data)
     recipe = resolve_recipe(data, source)
+    check_splits(data, source)
     log = QuarantineLog.remote()
     lax = data.model_copy(update={"strict": False})  # collect every bad input first, raise after
     _record_missing(source, lax, log)
 
     splits, listed = {}, 0
     for split in data.splits:
-        cases = [c for c in source.cases if c.split == split]
+        cases = source.split(split)
         listed += len(cases)
-        if not cases:
-            logger.info("split %r: no cases in %r, skipped", split, data.source)
-            delete_split(out, split)
-            splits[split] = {"cases": 0, "files": 0, "listed": 0}
-            continue
         write_volumes(_volume_stream(lax, source, recipe, cases, log, data.patch_dtype), out, split, cfg.rows_per_file)
         splits[split] = {**_split_stats(out, split), "listed": len(cases)}
         logger.info("split %r: %d of %d cases preprocessed", split, splits[split]["cases"], len(cases))
@@ -325,7 +322,11 @@ def prepare(cfg: PrepareConfig) -> str:
     if data.strict and entries:
         for split in data.splits:
             delete_split(out, split)
-        raise QuarantineError(_listing_message(f"source {data.source!r}", entries))
+        raise QuarantineError(listing_message(f"source {data.source!r}", [(e["path"], e["reason"]) for e in entries]))
+    empty = [s for s in data.splits if splits[s]["cases"] == 0]
+    if empty:
+        raise ValueError(f"every case of split(s) {', '.join(empty)} was unusable (see {join(out, QUARANTINE)}); "
+                         "no manifest was written")
 
     manifest = {
         "format": VOLUME_FORMAT,

@@ -141,7 +141,8 @@ def preprocess(recipe: str, image: np.ndarray, label: np.ndarray | None, affine:
     return _preprocess_3d(r, image, label, np.asarray(affine, np.float64), spacing)
 
 
-def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None, size_2d: int = 224) -> dict:
+def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None, size_2d: int = 224,
+              channels: int | None = None) -> dict:
     """Read, validate and preprocess one case.
 
     Args:
@@ -149,6 +150,7 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
         recipe: a name in :data:`RECIPES`.
         spacing: target spacing overriding the recipe default (3D).
         size_2d: output side for 2D images.
+        channels: the channel count the source declares; a case with another is refused.
 
     Returns:
         ``{"case_id", "split", "image": float32 [C, *spatial], "label": uint8 [*spatial] | None,
@@ -156,8 +158,8 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
 
     Raises:
         BadInput: unreadable file, wrong dimensionality, NaN/Inf voxels, constant or empty image,
-            image/label shape or affine mismatch. ``e.path`` names the case's first image when the
-            failing file is not known more precisely.
+            image/label shape or affine mismatch, another channel count than ``channels``. ``e.path``
+            names the case's first image when the failing file is not known more precisely.
     """
     r = get_recipe(recipe)
     two_d = r.spatial_dims == 2 or (r.spatial_dims == 0 and case.image[0].lower().endswith(
@@ -169,6 +171,9 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
             image, affine, label, label_affine = read_image_2d(case.image[0]), np.eye(4), None, None
         else:
             image, affine = read_volume(case.image)
+            if channels is not None and image.shape[0] != channels:
+                raise BadInput(f"{image.shape[0]} channels (a 4D file's 4th axis is read as channels), but the "
+                               f"source has {channels} (set data.channels if that is wrong)")
             label, label_affine = read_label(case.label) if case.label else (None, None)
         validate(image, label, affine, label_affine, 2 if two_d else 3)
         image, label, out_spacing, out_affine = preprocess(recipe, image, label, affine, spacing, size_2d)

@@ -9,16 +9,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import posixpath
 from urllib.parse import urlsplit
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rayssl.config import DataConfig
-from rayssl.data.io import BadInput, absolute, exists, is_dir, is_uri, open_uri, read_bytes
+from rayssl.data.io import BadInput, absolute, exists, is_dir, is_uri, nifti_shape, open_uri, read_bytes
 from rayssl.data.synthetic import CXR_FINDINGS, ensure_synthetic
+
+log = logging.getLogger(__name__)
 
 SPEC_FORMS = (
     "synthetic:ct[:N]", "synthetic:mri[:N]", "synthetic:cxr[:N]", "msd:PATH (folder with dataset.json, or the json)",
@@ -29,6 +33,16 @@ CXR14_CLASSES = list(CXR_FINDINGS)
 _MRI_NAMES = {"MRI", "MR", "FLAIR", "T1", "T1W", "T1GD", "T1C", "T2", "T2W", "ADC", "DWI", "PD"}
 _NIFTI = (".nii.gz", ".nii")
 _IMAGE_2D = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class QuarantineError(ValueError):
+    """Strict mode: some inputs could not be used; the message lists each path and reason."""
+
+
+def listing_message(what: str, entries: list[tuple[str, str]]) -> str:
+    """``what: N unusable input(s) (strict mode):`` and one ``path: reason`` line each."""
+    lines = "\n".join(f"  {path}: {reason}" for path, reason in entries)
+    return f"{what}: {len(entries)} unusable input(s) (strict mode):\n{lines}"
 
 
 @dataclass
@@ -192,20 +206,26 @@ def assign_splits(cases: list[Case], folds: int, val_fold: int, test_fold: int |
         c.split = "val" if f == val_fold else "test" if f == test_fold else "train"
 
 
-def _volume_channels(path: str) -> int:
-    """Channels of a NIfTI file from its header only (4th dim, 1 for 3D)."""
-    import nibabel as nib
+CHANNEL_SAMPLE = 64
+"""Headers read to find a folder or CSV source's channel count (the most common one)."""
 
+
+def _volume_channels(path: str) -> int | None:
+    """Channels of a NIfTI file from its header (its 4th dimension, 1 for 3D); ``None`` if unreadable (the
+    file is quarantined later, when decoded)."""
     try:
-        if is_uri(path):
-            from rayssl.data.io import _decode_nifti
-
-            shape = _decode_nifti(read_bytes(path), path).shape
-        else:
-            shape = nib.load(path).shape
-    except Exception:  # unreadable first file: it is quarantined later, when decoded
-        return 1
+        shape = nifti_shape(path)
+    except BadInput:
+        return None
+    shape = shape[:4] + tuple(d for d in shape[4:] if d != 1)  # trailing singleton dims
     return int(shape[3]) if len(shape) >= 4 else 1
+
+
+def _majority_channels(cases: list[Case]) -> int:
+    """The most common channel count among (up to :data:`CHANNEL_SAMPLE`, evenly spread) cases' first files."""
+    step = max(1, len(cases) // CHANNEL_SAMPLE)
+    counts = Counter(c for c in (_volume_channels(case.image[0]) for case in cases[::step]) if c is not None)
+    return counts.most_common(1)[0][0] if counts else 1
 
 
 # --------------------------------------------------------------------------- listers
@@ -218,25 +238,51 @@ def _msd(path: str) -> Source:
         meta = json.loads(_read_text(json_path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{json_path}: not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("training", []), list):
-        raise ValueError(f"{json_path}: expected an MSD dataset.json with a 'training' list")
-    modality = {int(k): str(v) for k, v in (meta.get("modality") or {"0": "unknown"}).items()}
-    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    cases = []
-    for i, item in enumerate(meta.get("training", [])):
-        if not isinstance(item, dict) or "image" not in item:
-            raise ValueError(f"{json_path}: training[{i}] must be an object with 'image' (and 'label')")
-        images = item["image"] if isinstance(item["image"], list) else [item["image"]]
-        images = [_join(root, p) for p in images]
-        label = _join(root, item["label"]) if item.get("label") else None
-        cases.append(Case(_stem(images[0]), images, label, split=""))
-    for item in meta.get("test", []):
-        images = item if isinstance(item, list) else item["image"] if isinstance(item, dict) else [item]
-        images = [_join(root, p) for p in (images if isinstance(images, list) else [images])]
-        cases.append(Case(_stem(images[0]), images, None, split="test"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{json_path}: expected an MSD dataset.json object, got {type(meta).__name__}")
+    for key in ("training", "test"):
+        if not isinstance(meta.get(key) or [], list):
+            raise ValueError(f"{json_path}: '{key}' must be a list, got {type(meta[key]).__name__}")
+    modality = _index_map(meta.get("modality") or {"0": "unknown"}, json_path, "modality")
+    labels = _index_map(meta.get("labels") or {}, json_path, "labels")
+    cases, seen = [], Counter()
+    for key in ("training", "test"):
+        for i, item in enumerate(meta.get(key) or []):
+            images = item.get("image") if isinstance(item, dict) else item if key == "test" else None
+            images = images if isinstance(images, list) else [images]
+            label = item.get("label") if isinstance(item, dict) and key == "training" else None
+            if not images or not all(isinstance(p, str) and p.strip() for p in images) or \
+                    (label is not None and not (isinstance(label, str) and label.strip())):
+                raise ValueError(f"{json_path}: {key}[{i}] must be {'an object with' if key == 'training' else 'a path or an object with'} "
+                                 f"'image' (a path or a list of paths){' and an optional label path' if key == 'training' else ''}, "
+                                 f"got {json.dumps(item)[:200]}")
+            images = [_join(root, p) for p in images]
+            case_id = _unique(_stem(images[0]), seen, json_path)
+            cases.append(Case(case_id, images, _join(root, label) if label else None, split="" if key == "training" else "test"))
     names = {v.upper() for v in modality.values()}
     recipe = "ct_btcv" if names == {"CT"} else "mri_brats" if names and names <= _MRI_NAMES else "none"
     return Source("msd", root, cases, 3, len(modality), recipe, labels, modality, [], [])
+
+
+def _index_map(value, where: str, key: str) -> dict[int, str]:
+    """An MSD ``{"0": "CT", ...}`` mapping as ``{0: "CT"}``; a clear error naming the file and key otherwise."""
+    try:
+        out = {int(k): str(v) for k, v in value.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"{where}: '{key}' must map integer indices to names, e.g. {{\"0\": \"CT\"}}, got "
+                         f"{json.dumps(value)[:200]}") from None
+    if any(k < 0 for k in out):
+        raise ValueError(f"{where}: '{key}' indices must be >= 0, got {sorted(out)}")
+    return out
+
+
+def _unique(case_id: str, seen: Counter, where: str) -> str:
+    """``case_id``, or ``case_id_N`` for its N-th repeat in one listing (with a warning)."""
+    seen[case_id] += 1
+    if seen[case_id] == 1:
+        return case_id
+    log.warning("%s: case id %r listed %d times; this one is %s_%d", where, case_id, seen[case_id], case_id, seen[case_id] - 1)
+    return f"{case_id}_{seen[case_id] - 1}"
 
 
 def _folder(spec: str) -> Source:
@@ -263,7 +309,7 @@ def _csv(path: str) -> Source:
     header = list(rows[0].keys()) if rows else []
     if "image" not in header:
         raise ValueError(f"{path}: CSV needs an 'image' column (optional: label, split, subject), got {header}")
-    cases, seen = [], {}
+    cases, seen = [], Counter()
     for i, row in enumerate(rows, start=2):
         images = [_join(root, p) for p in (row.get("image") or "").split(";") if p.strip()]
         if not images:
@@ -271,10 +317,7 @@ def _csv(path: str) -> Source:
         split = (row.get("split") or "").strip().lower()
         if split not in ("", "train", "val", "test"):
             raise ValueError(f"{path}: line {i}: split must be train, val or test, got {split!r}")
-        cid = (row.get("case_id") or "").strip() or _stem(images[0])
-        seen[cid] = seen.get(cid, 0) + 1
-        if seen[cid] > 1:
-            cid = f"{cid}_{seen[cid] - 1}"
+        cid = _unique((row.get("case_id") or "").strip() or _stem(images[0]), seen, path)
         label = _join(root, row["label"]) if (row.get("label") or "").strip() else None
         cases.append(Case(cid, images, label, split, (row.get("subject") or "").strip()))
     two_d = bool(cases) and cases[0].image[0].lower().endswith(_IMAGE_2D)
@@ -419,8 +462,12 @@ def resolve_source(data: DataConfig) -> Source:
     if not data.allow_outside_root:
         src.cases = _keep_inside(src.cases, src.roots, src.missing)
     src.cases = _keep_existing(src.cases, src.missing)
-    if src.channels is None:
-        src.channels = _volume_channels(src.cases[0].image[0]) if src.cases else 1
+    if data.strict and src.missing:  # known at listing time: fail before anything is processed
+        raise QuarantineError(listing_message(f"source {data.source!r}", src.missing))
+    if data.channels is not None:
+        src.channels = data.channels
+    elif src.channels is None:
+        src.channels = _majority_channels(src.cases)
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
     if data.train_cases is not None:
         src.cases = _train_subset(src.cases, data.train_cases, data.subset_seed, spec)

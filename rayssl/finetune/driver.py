@@ -76,7 +76,7 @@ def _evaluate(model, cfg: FinetuneConfig, plan: FinetunePlan, split: str, files:
     cases = plan.val_cases if split == "val" else plan.test_cases
     if not cases:
         return {}
-    volumes = load_eval_cases(cases, cfg, plan.recipe)
+    volumes = load_eval_cases(cases, cfg, plan.recipe, spec.channels)
     if spec.classification:
         res = evaluate_classification(model, volumes, spec.class_names, cfg.batch_size * 4)
     else:

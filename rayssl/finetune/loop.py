@@ -73,7 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
     if resumed and ctx.files:
         log.info("fine-tuning resumed at epoch %d step %d (%s)", state.epoch, state.step, resumed)
 
-    val_cases = load_eval_cases(plan.val_cases, cfg, plan.recipe) if ctx.rank == 0 else []
+    val_cases = load_eval_cases(plan.val_cases, cfg, plan.recipe, spec.channels) if ctx.rank == 0 else []
     if cfg.augment:
         seed = ctx.seed(cfg.seed, state.step)
         augment = RandAugment2D(seed) if spec.classification else SegAugment(cfg.data.roi, seed)

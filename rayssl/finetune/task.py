@@ -120,7 +120,7 @@ def case_dicts(cases: list[Case]) -> list[dict]:
     return [dataclasses.asdict(c) for c in cases]
 
 
-def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str) -> list[dict]:
+def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str, channels: int | None = None) -> list[dict]:
     """Read and preprocess evaluation cases (whole volumes; 2D images centre-cropped to the ROI)."""
     from rayssl.data.pipeline import image_size_2d
     from rayssl.data.preprocess import load_case
@@ -128,7 +128,7 @@ def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str) -> list
 
     out = []
     for c in cases:
-        vol = load_case(Case(**c), recipe, cfg.data.spacing, image_size_2d(cfg.data))
+        vol = load_case(Case(**c), recipe, cfg.data.spacing, image_size_2d(cfg.data), channels)
         if len(cfg.data.roi) == 2:
             vol["image"] = center_crop(vol["image"], cfg.data.roi)
         out.append(vol)
