@@ -36,3 +36,15 @@ def test_remote_run_dir_is_staged_uploaded_and_resumed(tmp_path):
     del resumed
     assert not staging.exists()  # the staging folder goes with its RunFiles
     assert (tmp_path / "bucket" / "run" / "metrics.jsonl").is_file()
+
+
+def test_a_resume_keeps_each_step_once(tmp_path):
+    files = RunFiles(str(tmp_path / "run"))
+    for step in (2, 4, 6):
+        files.log_metrics({"step": step, "loss": 1.0 / step})
+    files.keep_metrics_until(3)  # resumed from the checkpoint at step 2..3: steps 4 and 6 are trained again
+    for step in (4, 6):
+        files.log_metrics({"step": step, "loss": 0.1})
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert list(pd.read_csv(tmp_path / "run" / "metrics.csv")["step"]) == [2, 4, 6]

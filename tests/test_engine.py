@@ -118,3 +118,33 @@ def test_resume_refuses_a_planted_pickle_and_runs_nothing(one_rank_group, tmp_pa
             restore_engine(engine(), tmp_path / "ckpt")
         assert not marker.exists()
         victim.write_bytes(original)
+
+
+def test_resume_passes_over_damaged_checkpoints_to_the_newest_intact(one_rank_group, tmp_path):
+    from rayssl.train.checkpoint import damage, newest_intact
+
+    optim = OptimConfig()
+    model = mlp()
+    engine = build_engine(model, param_groups(model, optim.weight_decay), make_optimizer(optim, 1e-3),
+                          lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+                          deepspeed_config(8, optim, 0, "fp32", model))
+    run = tmp_path / "run"
+    assert newest_intact(str(run)) == (None, [])  # nothing saved yet: a fresh start
+    for i, step in enumerate((2, 4, 6, 8)):  # directory names do not decide: the saved step does
+        save_checkpoint(engine, run / f"checkpoint_{9 - i}", {"step": step}, rank=0, world_size=1)
+    assert all(damage(d) is None for d in run.iterdir())
+    assert newest_intact(str(run)) == (str(run / "checkpoint_6"), [])
+
+    weights = run / "checkpoint_6" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    (run / "checkpoint_7" / "ds" / "mp_rank_00_model_states.pt").write_bytes(b"not a checkpoint")  # foreign
+    (run / "checkpoint_8" / "files_rank0.json").unlink()  # incomplete: never sealed
+    path, skipped = newest_intact(str(run))
+    assert path == str(run / "checkpoint_9")
+    assert [line.split(" (step")[0] for line in skipped] == [str(run / f"checkpoint_{i}") for i in (6, 7, 8)]
+    assert "model.safetensors does not match" in skipped[0] and "mp_rank_00_model_states.pt" in skipped[1]
+    assert "files_rank0.json" in skipped[2]
+
+    (run / "checkpoint_9" / "train_state.json").unlink()  # missing
+    with pytest.raises(RuntimeError, match=r"no intact checkpoint to resume from:\n.*checkpoint_6(.|\n)*checkpoint_9"):
+        newest_intact(str(run))

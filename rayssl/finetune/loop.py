@@ -68,10 +68,9 @@ def train_loop_per_worker(config: dict) -> None:
         model, param_groups(model, cfg.optim.weight_decay, cfg.model.layer_decay, NO_DECAY_TOKENS, plan.lr),
         make_optimizer(cfg.optim, plan.lr), lambda opt: make_scheduler(opt, cfg.optim, plan.lr, steps, spe),
         deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, ctx.precision, model),
-        state, ctx.world, on_checkpoint=read_best,
+        state, ctx.world, plan.run.path, on_checkpoint=read_best,
     )
-    if resumed and ctx.files:
-        log.info("fine-tuning resumed at epoch %d step %d (%s)", state.epoch, state.step, resumed)
+    ctx.resumed(state, resumed)
 
     val_cases = load_eval_cases(plan.val_cases, cfg, plan.recipe, spec.channels) if ctx.rank == 0 else []
     if cfg.augment:
@@ -114,9 +113,9 @@ def train_loop_per_worker(config: dict) -> None:
                      train_loss, value, state.best_metric if state.best_metric is not None else float("nan"),
                      state.best_epoch)
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, tmp, state.as_dict(), ctx.rank, ctx.world)
             if ctx.rank == 0 and "weights" in best:
                 save_file(best["weights"], str(Path(tmp) / BEST_FILE))
+            save_checkpoint(engine, tmp, state.as_dict(), ctx.rank, ctx.world)
             if ctx.files:
                 ctx.files.sync()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

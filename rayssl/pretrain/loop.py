@@ -47,9 +47,9 @@ def train_loop_per_worker(config: dict) -> None:
         deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, ctx.precision, model),
         state,
         ctx.world,
+        plan.run.path,
     )
-    if resumed and ctx.files:
-        log.info("resumed at step %d epoch %d (%s)", state.step, state.epoch, resumed)
+    ctx.resumed(state, resumed)
 
     generator = ctx.generator(cfg.seed, state.step)
     window = LossWindow()

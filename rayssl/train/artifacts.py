@@ -50,6 +50,19 @@ class RunFiles:
             f.write(json.dumps(record) + "\n")
         pd.read_json(self.path(METRICS), lines=True).to_csv(self.path("metrics.csv"), index=False)
 
+    def keep_metrics_until(self, step: int) -> None:
+        """Drop the metric lines of steps after ``step`` (a resume from the checkpoint at ``step`` logs them
+        again), so ``metrics.jsonl`` holds each step once after any number of resumes."""
+        path = self.local / METRICS
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+            if kept:
+                pd.read_json(path, lines=True).to_csv(self.path("metrics.csv"), index=False)
+
     def write_json(self, rel: str, obj) -> Path:
         p = self.path(rel)
         p.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))

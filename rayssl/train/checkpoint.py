@@ -1,15 +1,21 @@
-"""Checkpoints that survive restarts and world-size changes, and the exported weights.
+"""Checkpoints that survive restarts, damage and world-size changes, and the exported weights.
 
 A checkpoint directory holds DeepSpeed's own checkpoint (``ds/``: weights, optimizer and schedule,
 one shard per rank) plus a consolidated fp32 ``model.safetensors`` and ``train_state.json`` written
-by rank 0. Resuming on the same number of workers loads DeepSpeed's checkpoint; on a different
-number (an autoscaled cluster) the consolidated weights are loaded and the optimizer moments start
-fresh, because ZeRO partitions do not map onto another world size.
+by rank 0, and one ``files_rank<R>.json`` per rank with the SHA-256 of every file that rank wrote.
+A resume takes the newest intact checkpoint of the run directory (by step, whether or not Ray Train
+registered it before a crash), saying which damaged ones it passed over. On the same number of
+workers it loads DeepSpeed's checkpoint; on a different number (an autoscaled cluster) the
+consolidated weights are loaded and the optimizer moments start fresh, because ZeRO partitions do
+not map onto another world size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import posixpath
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +27,9 @@ from rayssl.train.engine import build_engine, full_state_dict
 DS_TAG = "ds"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "train_state.json"
+FILES_MANIFEST = "files_rank{rank}.json"
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(engine, directory: str | Path, state: dict, rank: int, world_size: int) -> None:
@@ -35,6 +44,88 @@ def save_checkpoint(engine, directory: str | Path, state: dict, rank: int, world
     if rank == 0:
         save_file(weights, str(directory / WEIGHTS_FILE))
         (directory / STATE_FILE).write_text(json.dumps({**state, "world_size": world_size}, indent=1))
+    seal(directory, rank)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def seal(directory: str | Path, rank: int) -> None:
+    """Record the SHA-256 of every file this rank wrote into ``directory`` (its own part of a checkpoint),
+    so a resume can tell an intact checkpoint from a truncated, replaced or incomplete one."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and not p.name.startswith("files_rank")}
+    (directory / FILES_MANIFEST.format(rank=rank)).write_text(json.dumps(files, indent=1))
+
+
+def damage(directory: str | Path) -> str | None:
+    """What is wrong with a checkpoint directory, or ``None`` when every rank's files are there and match
+    their recorded SHA-256."""
+    directory = Path(directory)
+    try:
+        world = int(json.loads((directory / STATE_FILE).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"no readable {STATE_FILE} ({type(e).__name__})"
+    for rank in range(world):
+        manifest = directory / FILES_MANIFEST.format(rank=rank)
+        try:
+            files = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            return f"no readable {manifest.name} (an incomplete or pre-manifest checkpoint)"
+        for rel, digest in files.items():
+            path = directory / rel
+            if not path.is_file():
+                return f"{rel} is missing"
+            if _sha256(path) != digest:
+                return f"{rel} does not match its recorded SHA-256 (truncated or replaced)"
+    return None
+
+
+def _candidates(run_dir: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of the run's checkpoint directories, newest first (unreadable steps last)."""
+    import pyarrow.fs as pafs
+
+    from rayssl.data.io import is_uri, open_uri
+
+    fs, root = open_uri(run_dir)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(posixpath.join(info.path, STATE_FILE)) as f:
+                step = int(json.loads(f.read())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            step = -1
+        path = f"{run_dir.rstrip('/')}/{info.base_name}" if is_uri(run_dir) else info.path
+        out.append((step, path))
+    return sorted(out, key=lambda sp: (sp[0], sp[1]), reverse=True)
+
+
+def newest_intact(run_dir: str) -> tuple[str | None, list[str]]:
+    """The newest intact checkpoint of a run (``None`` when the run has none), and a line per damaged
+    checkpoint passed over on the way.
+
+    Raises:
+        RuntimeError: the run has checkpoints but none is intact (each is listed with what is wrong).
+    """
+    import ray.train
+
+    skipped = []
+    for step, path in _candidates(run_dir):
+        with ray.train.Checkpoint(path).as_directory() as local:
+            wrong = damage(local)
+        if wrong is None:
+            return path, skipped
+        skipped.append(f"{path} (step {step}): {wrong}")
+    if skipped:
+        raise RuntimeError("no intact checkpoint to resume from:\n  " + "\n  ".join(skipped) +
+                           f"\nremove the damaged checkpoint directories (or {run_dir}) to start over")
+    return None, skipped
 
 
 def read_state(directory: str | Path) -> dict:
@@ -72,9 +163,11 @@ def resume_engine(
     ds_config: dict,
     state,
     world_size: int,
+    run_dir: str,
     on_checkpoint: Callable[[Path], None] | None = None,
 ):
-    """Build the DeepSpeed engine, resuming from Ray Train's latest checkpoint when there is one.
+    """Build the DeepSpeed engine, resuming from the run's newest intact checkpoint when there is one
+    (:func:`newest_intact`, chosen on rank 0 for every rank).
 
     ``state`` (a :class:`~rayssl.train.worker.TrainState`) is updated in place from the checkpoint and
     gets ``resumes`` + 1.
@@ -87,10 +180,16 @@ def resume_engine(
     """
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+    from rayssl.train.worker import broadcast
+
+    rank = ray.train.get_context().get_world_rank()
+    path, skipped = broadcast(newest_intact(run_dir) if rank == 0 else None)
+    if rank == 0:
+        for line in skipped:
+            log.warning("passing over a damaged checkpoint: %s", line)
+    if path is None:
         return build_engine(model, groups, optimizer_factory, scheduler_factory, ds_config), None
-    with checkpoint.as_directory() as ckpt_dir:
+    with ray.train.Checkpoint(path).as_directory() as ckpt_dir:
         saved = read_state(ckpt_dir)
         same_world = saved.pop("world_size") == world_size
         state.update(saved)
@@ -100,11 +199,12 @@ def resume_engine(
         if not same_world:  # autoscaled: consolidated weights, fresh optimizer moments
             model.load_state_dict(load_weights(ckpt_dir))
         engine = build_engine(model, groups, optimizer_factory, scheduler_factory, ds_config)
+        where = f"{posixpath.basename(path.rstrip('/'))}" + (f", after {len(skipped)} damaged" if skipped else "")
         if same_world:
             restore_engine(engine, ckpt_dir)
-            return engine, "optimizer restored"
+            return engine, f"{where}; optimizer restored"
         set_schedule_step(engine.lr_scheduler, state.step)
-        return engine, f"weights only, now {world_size} workers"
+        return engine, f"{where}; weights only, now {world_size} workers"
 
 
 # --------------------------------------------------------------------------- export

@@ -75,6 +75,14 @@ class WorkerContext:
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
+    def resumed(self, state: TrainState, how: str | None) -> None:
+        """After the engine is built: say where the run resumed, and keep only the metric lines logged
+        up to that checkpoint's step (the steps after it are trained, and logged, again)."""
+        if self.files:
+            self.files.keep_metrics_until(state.step)
+            if how:
+                log.info("resumed at epoch %d step %d (%s)", state.epoch, state.step, how)
+
     def seed(self, seed: int, step: int) -> int:
         """A seed per run seed, rank and optimiser step (a resume draws new numbers, not the first ones again)."""
         return seed * 1000 + self.rank + step
