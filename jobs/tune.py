@@ -8,6 +8,7 @@ given. Re-running with the same ``name=...`` resumes the sweep. The last printed
 """
 
 import argparse
+import sys
 
 from rayssl.cli import before_ray, fail, parse_job_args
 from rayssl.config import SweepConfig, preset_names
@@ -24,8 +25,12 @@ if __name__ == "__main__":
     if args.task:
         cfg.task = args.task
     from rayssl.train.launch import init_ray
-    from rayssl.tune.sweep import plan_sweep, run_sweep
+    from rayssl.tune.sweep import SweepInterrupted, plan_sweep, run_sweep
 
     before_ray(plan_sweep, cfg)  # every config error before Ray starts
     init_ray()
-    print(run_sweep(cfg))
+    try:
+        print(run_sweep(cfg))
+    except SweepInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -129,6 +129,21 @@ def _gpus(group: dict) -> int:
     return max(int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0)) for c in _containers(group))
 
 
+def pod_security_problems(where: str, pod_spec: dict) -> list[str]:
+    """A pod template must run non-root, without privilege escalation and with every capability dropped."""
+    problems = []
+    pod = pod_spec.get("securityContext", {})
+    if pod.get("runAsNonRoot") is not True or pod.get("runAsUser", 0) == 0:
+        problems.append(f"{where}: pod may run as root")
+    for c in pod_spec.get("containers", []):
+        ctx = c.get("securityContext", {})
+        if ctx.get("allowPrivilegeEscalation") is not False or ctx.get("privileged"):
+            problems.append(f"{where}: container {c['name']} may escalate privileges")
+        if "ALL" not in ctx.get("capabilities", {}).get("drop", []):
+            problems.append(f"{where}: container {c['name']} keeps Linux capabilities")
+    return problems
+
+
 def raycluster_problems(spec: dict) -> list[str]:
     problems = []
     if spec.get("enableInTreeAutoscaling") is not True:
@@ -137,6 +152,7 @@ def raycluster_problems(spec: dict) -> list[str]:
         problems.append("token authentication off")
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
     for g in groups:
+        problems += pod_security_problems(g.get("groupName", "head"), g["template"]["spec"])
         for c in _containers(g):
             for e in c.get("env", []):
                 if e["name"] == "RAY_AUTH_MODE" and e.get("value") != "token":
@@ -177,6 +193,12 @@ def test_kuberay_cluster_autoscales_gpus_from_zero_with_token_auth(name):
         (lambda s: _containers(s["workerGroupSpecs"][1])[0]["env"].append({"name": "RAY_AUTH_MODE", "value": "disabled"}), "RAY_AUTH_MODE=disabled"),
         (lambda s: s.update(enableInTreeAutoscaling=False), "autoscaler off"),
         (lambda s: s["headGroupSpec"].update(serviceType="LoadBalancer"), "exposed"),
+        (lambda s: s["headGroupSpec"]["template"]["spec"].pop("securityContext"), "head: pod may run as root"),
+        (lambda s: s["workerGroupSpecs"][0]["template"]["spec"]["securityContext"].update(runAsUser=0), "may run as root"),
+        (lambda s: _containers(s["workerGroupSpecs"][1])[0]["securityContext"].update(allowPrivilegeEscalation=True),
+         "may escalate privileges"),
+        (lambda s: _containers(s["workerGroupSpecs"][2])[0]["securityContext"]["capabilities"].update(drop=[]),
+         "keeps Linux capabilities"),
     ],
 )
 def test_kuberay_check_catches_a_bad_manifest(mutate, expected):
@@ -186,10 +208,35 @@ def test_kuberay_check_catches_a_bad_manifest(mutate, expected):
     assert any(expected in p for p in raycluster_problems(spec))
 
 
+def test_network_policy_admits_only_the_clusters_own_pods():
+    policy = load("kuberay/networkpolicy.yaml")
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    ray_pods = {"matchExpressions": [{"key": "ray.io/cluster", "operator": "Exists"}]}
+    assert policy["spec"]["podSelector"] == ray_pods  # every Ray pod KubeRay creates
+    rules = policy["spec"]["ingress"]
+    open_rules = [r for r in rules if "ports" not in r]
+    assert open_rules == [{"from": [{"podSelector": ray_pods}]}]  # all ports: the Ray pods themselves only
+    for rule in rules:
+        if "ports" in rule:  # anyone else: the job API at most, never GCS (6379) or the client port (10001)
+            assert [p["port"] for p in rule["ports"]] == [8265]
+            assert all("ipBlock" not in peer for peer in rule["from"]) and rule["from"]
+
+
+def test_gcp_opens_ssh_only_from_a_configured_range():
+    config = load("gcp.yaml")
+    for name, node in config["available_node_types"].items():
+        assert node["node_config"]["tags"]["items"] == ["rayssl-ssh"], name
+    header = (CLUSTER / "gcp.yaml").read_text().split("cluster_name:")[0]
+    rule = " ".join(line.lstrip("# ").rstrip("\\ ") for line in header.splitlines() if "firewall-rules" in line or "--" in line)
+    assert "--rules=tcp:22" in rule and '--source-ranges="$SSH_SOURCE_RANGE"' in rule and "--target-tags=rayssl-ssh" in rule
+    assert "0.0.0.0/0" not in header.split("SSH_SOURCE_RANGE=")[1].splitlines()[0].split("#")[0]
+
+
 @pytest.mark.parametrize("name, job", [("rayjob-pretrain.yaml", "pretrain"), ("rayjob-sweep.yaml", "tune")])
 def test_rayjobs_shut_down_and_carry_a_runtime_env(name, job):
     doc, _ = kuberay_spec(name)
     spec = doc["spec"]
+    assert pod_security_problems("submitter", spec["submitterPodTemplate"]["spec"]) == []
     assert spec["shutdownAfterJobFinishes"] is True
     runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime_env["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"

@@ -80,3 +80,73 @@ def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_p
         lr = json.loads((sweep_dir / tid / "params.json").read_text())["lr"]
         assert float(board[tid]["val_metric"]) == reports[-1]["val_metric"] == 0.1 * len(epochs) + lr
     assert len(finished_before.splitlines()) == 4  # the first trial had finished all its epochs before the kill
+
+
+INTERRUPTING_TRIAL = textwrap.dedent('''
+    def fake_trial(params, sweep, sweep_dir):
+        """4 cheap validations; the 2nd trial to start sends the driver one Ctrl+C (SIGINT)."""
+        import os, signal, time
+        from pathlib import Path
+        from ray import tune
+
+        tmp = Path(sweep_dir).parent
+        tid = tune.get_context().get_trial_id()
+        with open(tmp / "starts.txt", "a") as f:
+            f.write(tid + "\\n")
+        if len(set((tmp / "starts.txt").read_text().split())) == 2 and not (tmp / "interrupted").exists():
+            (tmp / "interrupted").write_text(tid)
+            os.kill(int((tmp / "driver.pid").read_text()), signal.SIGINT)
+            time.sleep(60)
+        for epoch in range(1, 5):
+            tune.report({"val_metric": 0.1 * epoch + params["lr"], "epoch": epoch})
+''')
+
+INTERRUPTED_DRIVER = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    import ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    Path(sys.argv[2], "driver.pid").write_text(str(os.getpid()))
+    import rayssl.tune.sweep as sweep
+    from rayssl.config import SweepConfig
+    sweep.run_baseline = lambda cfg, sweep_dir: Path(sys.argv[2], "baseline-ran").write_text("yes")
+    exec(Path(sys.argv[2], "fake_trial.py").read_text())
+    try:
+        sweep.run_sweep(SweepConfig.model_validate_json(Path(sys.argv[2], "sweep.cfg.json").read_text()),
+                        trainable=fake_trial)
+    except sweep.SweepInterrupted as e:
+        Path(sys.argv[2], "stopped.txt").write_text(f"{time.time()}\\n{e}")
+        sys.exit(130)
+''')
+
+
+def test_ctrl_c_stops_the_sweep_before_the_baseline_and_resumes(ray_session, tmp_path, monkeypatch):
+    import time
+
+    import rayssl.tune.sweep as sweep
+    from rayssl.config import SweepConfig, load_config
+
+    cfg = load_config(SweepConfig, "tune", "tiny", overrides=[
+        "num_samples=3", "baseline=true", "name=ctrlc", f"storage_path={tmp_path}", "space={lr: {low: 0.001, high: 0.01}}"])
+    (tmp_path / "sweep.cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "fake_trial.py").write_text(INTERRUPTING_TRIAL)
+    (tmp_path / "driver.py").write_text(INTERRUPTED_DRIVER)
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled"}
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), address, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    stopped_at, message = (tmp_path / "stopped.txt").read_text().split("\n", 1)
+    assert float(stopped_at) - (tmp_path / "interrupted").stat().st_mtime < 30  # promptly, not after the sleeping trial
+    assert "re-run with name=ctrlc" in message and "of 3 trials finished" in message
+    assert not (tmp_path / "baseline-ran").exists() and not (tmp_path / "ctrlc" / "leaderboard.csv").exists()
+    assert len(set((tmp_path / "starts.txt").read_text().split())) == 2  # no further trial started
+
+    baseline = []
+    monkeypatch.setattr(sweep, "run_baseline", lambda cfg, sweep_dir: baseline.append(sweep_dir))
+    scope: dict = {}
+    exec(INTERRUPTING_TRIAL, scope)
+    start = time.time()
+    assert sweep.run_sweep(cfg, trainable=scope["fake_trial"]) == str(tmp_path / "ctrlc")
+    assert baseline == [str(tmp_path / "ctrlc")] and (tmp_path / "ctrlc" / "leaderboard.csv").is_file()
+    assert len(set((tmp_path / "starts.txt").read_text().split())) == 3 and time.time() - start < 300

@@ -27,6 +27,10 @@ METRIC, MODE = "val_metric", "max"
 log = logging.getLogger(__name__)
 
 
+class SweepInterrupted(RuntimeError):
+    """The sweep was stopped (Ctrl+C) before all its trials finished; its state is saved for a resume."""
+
+
 def _trial_dirname(trial) -> str:
     return trial.trial_id
 
@@ -203,6 +207,10 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     Args:
         cfg: the sweep config.
         trainable: replaces :func:`rayssl.tune.trial.tune_trial` (same signature), e.g. in tests.
+
+    Raises:
+        SweepInterrupted: stopped (Ctrl+C) before every trial finished; the baseline and leaderboard are
+            skipped and re-running with the same name resumes.
     """
     import ray
 
@@ -226,8 +234,13 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     log.info("sweep %s: %d trials, %d at a time, searching %s; ASHA rungs up to epoch %d; dir %s", cfg.task,
              cfg.num_samples, limit, ", ".join(cfg.space), plan.max_t, sweep_dir)
     tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan.max_t)
-    tuner.fit()
+    results = tuner.fit()  # a first Ctrl+C makes Tune save its state and return
     del lock
+    finished = results.num_terminated + results.num_errors
+    if finished < cfg.num_samples:
+        raise SweepInterrupted(f"sweep {sweep_dir} stopped with {finished} of {cfg.num_samples} trials finished (no "
+                               f"baseline, no leaderboard yet); its state is saved: re-run with "
+                               f"name={Path(sweep_dir).name} and the same settings to resume it")
     if cfg.baseline:
         run_baseline(cfg, sweep_dir)
     write_leaderboard(sweep_dir)
