@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rayssl.config import FinetuneConfig, dump_config
 from rayssl.data.crops import patches_per_case
@@ -22,6 +22,7 @@ from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, case_dicts, load_eval_cases, task_spec
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles
+from rayssl.train.checkpoint import read_safetensors
 from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir
 from rayssl.train.optim import effective_lr
 
@@ -144,7 +145,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
     model = build_model(cfg, spec.channels, spec.num_classes)
     with result.checkpoint.as_directory() as ckpt:
         best = Path(ckpt) / BEST_FILE
-        weights = load_file(str(best if best.is_file() else Path(ckpt) / "model.safetensors"))
+        weights = read_safetensors(best if best.is_file() else Path(ckpt) / "model.safetensors")
     model.load_state_dict(weights)
     save_file(weights, str(files.path(BEST_FILE)))
     with torch.no_grad():

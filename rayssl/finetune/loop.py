@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray.train
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rayssl.config import FinetuneConfig
 from rayssl.finetune.augment import RandAugment2D, SegAugment
@@ -22,7 +22,7 @@ from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentat
 from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, build_loss, load_eval_cases
 from rayssl.finetune.weights import load_pretrained
-from rayssl.train.checkpoint import resume_engine, save_checkpoint
+from rayssl.train.checkpoint import read_safetensors, resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, full_state_dict
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
 from rayssl.train.worker import LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps, train_epochs
@@ -62,7 +62,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     def read_best(ckpt_dir: Path) -> None:
         if ctx.rank == 0 and (ckpt_dir / BEST_FILE).is_file():
-            best["weights"] = load_file(str(ckpt_dir / BEST_FILE))
+            best["weights"] = read_safetensors(ckpt_dir / BEST_FILE)
 
     engine, resumed = resume_engine(
         model, param_groups(model, cfg.optim.weight_decay, cfg.model.layer_decay, NO_DECAY_TOKENS, plan.lr),

@@ -18,6 +18,7 @@ from rayssl.models.vit import ViTEncoder, check_grid, interpolate_pos_embed
 from rayssl.train.checkpoint import load_export
 
 EXPORT_NAMES = ("encoder.safetensors", "unet.safetensors")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 
 
 def resolve_pretrained(spec: str | None) -> Path | None:
@@ -43,6 +44,12 @@ def resolve_pretrained(spec: str | None) -> Path | None:
                 if (folder / name).is_file():
                     return (folder / name).resolve()
         raise ValueError(f"pretrained={spec!r}: directory holds no export/encoder.safetensors or export/unet.safetensors")
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+        raise ValueError(
+            f"pretrained={spec!r} is a pickled PyTorch checkpoint: rayssl does not load those (unpickling can run "
+            "code). Convert it once, where you trust the file, to safetensors with a JSON sidecar describing the "
+            "network (see README, 'Pre-trained weights'), e.g. python -c \"import torch; from safetensors.torch import "
+            f"save_file; save_file(torch.load('{path}', weights_only=True), '{path.with_suffix('.safetensors')}')\"")
     st = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
     if not st.is_file():
         raise ValueError(f"pretrained={spec!r} does not exist (expected 'none', an exported .safetensors file "

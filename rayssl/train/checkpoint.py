@@ -135,9 +135,23 @@ def read_state(directory: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (no unpickling).
+
+    Raises:
+        ValueError: the file is missing, truncated or not safetensors; the message names it.
+    """
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except Exception as e:  # safetensors raises its own error type, without the path
+        raise ValueError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from None
+
+
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """The consolidated fp32 weights of a checkpoint (safetensors: no unpickling)."""
-    return load_file(str(Path(directory) / WEIGHTS_FILE))
+    return read_safetensors(Path(directory) / WEIGHTS_FILE)
 
 
 def restore_engine(engine, directory: str | Path) -> None:
@@ -227,7 +241,11 @@ def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     st = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
     sidecar = st.with_suffix(".json")
     if not st.is_file():
-        raise FileNotFoundError(f"exported weights not found: {st}")
+        raise ValueError(f"exported weights not found: {st}")
     if not sidecar.is_file():
-        raise FileNotFoundError(f"{st}: missing its JSON sidecar {sidecar.name}")
-    return load_file(str(st)), json.loads(sidecar.read_text())
+        raise ValueError(f"{st}: missing its JSON sidecar {sidecar.name} (what network the weights are for)")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except ValueError as e:
+        raise ValueError(f"{sidecar}: not valid JSON ({e})") from None
+    return read_safetensors(st), meta
