@@ -394,3 +394,35 @@ def test_pickled_and_corrupt_weights_are_refused_by_name(tmp_path):
     (tmp_path / "enc.json").write_text("{}")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'enc.safetensors'}: not a readable .safetensors file"):
         load_export(tmp_path / "enc.safetensors")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEFORE_RAY = {
+    "roi_not_divisible": ("pretrain", ["data.roi=[50,50,50]"], "data.roi=[50, 50, 50]: every axis must be a multiple of 8"),
+    "roi_2d_on_3d_source": ("pretrain", ["data.roi=[32,32]"], "roi (32, 32) has 2 axes but source"),
+    "unknown_scheme": ("pretrain", ["data.source=nfs:/data"], "unknown source type 'nfs'"),
+    "missing_path": ("finetune", ["data.source=msd:/nonexistent/BTCV", "pretrained=none"], "does not exist"),
+    "malformed_dataset_json": ("pretrain", ["data.source=msd:{bad}"], "'training' must be a list"),
+    "empty_training_list": ("pretrain", ["data.source=msd:{empty}"], "has no training cases"),
+    "eval_roi_not_divisible": ("finetune", ["eval.roi=[36,36,36]", "pretrained=none"], "eval.roi=[36, 36, 36]"),
+    "pickled_pretrained": ("finetune", ["pretrained={pt}"], "is a pickled PyTorch checkpoint"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_RAY))
+def test_job_errors_come_before_ray_and_leave_no_run_directory(tmp_path, name):
+    job, overrides, message = BEFORE_RAY[name]
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "dataset.json").write_text('{"training": {"image": "a.nii.gz"}}')
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "dataset.json").write_text('{"modality": {"0": "CT"}, "training": []}')
+    (tmp_path / "w.pt").write_bytes(b"PK")
+    overrides = [o.format(bad=tmp_path / "bad", empty=tmp_path / "empty", pt=tmp_path / "w.pt") for o in overrides]
+    runs = tmp_path / "runs"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", f"{job}.py"), f"run.storage_path={runs}",
+                          f"data.synthetic_dir={tmp_path / 'syn'}", *overrides], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr[-2000:]
+    assert "Started a local Ray instance" not in out.stdout + out.stderr  # Ray never started
+    assert not runs.exists()
