@@ -15,13 +15,15 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rayssl.config import CorruptionConfig
+if TYPE_CHECKING:  # the corruptions need torch and numpy only (benchmarks/gpu_step.py runs them bare)
+    from rayssl.config import CorruptionConfig
 
 
 def _rand(*shape: int, generator: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
