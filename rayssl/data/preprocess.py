@@ -154,7 +154,10 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
 
     Returns:
         ``{"case_id", "split", "image": float32 [C, *spatial], "label": uint8 [*spatial] | None,
-        "target": float32 [K] | None, "spacing": tuple (mm after resampling), "affine": float64 4x4}``.
+        "target": float32 [K] | None, "spacing": tuple (mm after resampling), "affine": float64 4x4,
+        "source_affine": the file's 4x4 affine, "source_shape": the file's spatial shape}``; ``affine`` and
+        ``source_affine`` map the two voxel grids to the same world, so a prediction goes back to the file's
+        grid with :func:`rayssl.data.geometry.to_source_grid`.
 
     Raises:
         BadInput: unreadable file, wrong dimensionality, NaN/Inf voxels, constant or empty image,
@@ -176,6 +179,7 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
                                f"source has {channels} (set data.channels if that is wrong)")
             label, label_affine = read_label(case.label) if case.label else (None, None)
         validate(image, label, affine, label_affine, 2 if two_d else 3)
+        source_affine, source_shape = np.asarray(affine, np.float64), tuple(int(d) for d in image.shape[1:])
         image, label, out_spacing, out_affine = preprocess(recipe, image, label, affine, spacing, size_2d)
     except BadInput as e:
         if e.path is None:
@@ -183,4 +187,5 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
         raise
     target = None if case.target is None else np.asarray(case.target, np.float32)
     return {"case_id": case.case_id, "split": case.split, "image": image, "label": label,
-            "target": target, "spacing": tuple(out_spacing), "affine": out_affine}  # fmt: skip
+            "target": target, "spacing": tuple(out_spacing), "affine": out_affine,
+            "source_affine": source_affine, "source_shape": source_shape}  # fmt: skip
