@@ -471,6 +471,38 @@ class FinetuneConfig(Strict):
         return self
 
 
+# --------------------------------------------------------------------------- prediction
+
+
+class PredictConfig(Strict):
+    """``jobs/predict.py``: segment or classify new cases with fine-tuned models, outputs on each file's grid."""
+
+    model: list[str] = []
+    """Fine-tuning run directories (or their ``best.safetensors``); several make an ensemble (mean probabilities)."""
+    input: str = ""
+    """Any data source spec rayssl reads (folder, CSV, MSD ``test`` list, ``cxr14``); labels are not needed."""
+    out: str = "runs/predict"
+    """Output folder: ``<case>.nii.gz`` (and ``_prob.nii.gz``), or ``predictions.csv``; ``cases.csv``, ``summary.json``."""
+    tta: Literal["none", "flip"] = "none"
+    """``flip``: the mean over every flip of the spatial axes (8 in 3D, 2 in 2D), as nnU-Net mirrors."""
+    save_probabilities: bool = False
+    """Also write ``<case>_prob.nii.gz`` (float32, channels last) on the file's grid."""
+    overlap: float | None = Field(None, ge=0.0, lt=1.0)
+    """Sliding-window overlap (``None``: the model's ``eval.sw_overlap``)."""
+    sw_batch_size: int = Field(4, ge=1)
+    actors: int | None = Field(None, ge=1)
+    """Model replicas (Ray Data actors); ``None``: one per GPU, else one per ``cpus_per_actor`` CPUs."""
+    cpus_per_actor: float = Field(1.0, gt=0)
+    use_gpu: bool | None = None
+    """``None``: GPUs when the cluster has some."""
+    channels: int | None = Field(None, ge=1)
+    """Input channels (``None``: the models')."""
+    strict: bool = False
+    """Stop on the first unusable input instead of quarantining it."""
+    allow_outside_root: bool = False
+    """See ``data.allow_outside_root``."""
+
+
 # --------------------------------------------------------------------------- hyper-parameter search
 
 

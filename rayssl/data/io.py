@@ -136,12 +136,8 @@ def _nifti_layout(head: bytes, path: str):
     raise BadInput("not a NIfTI file", path)
 
 
-def nifti_shape(path: str) -> tuple[int, ...]:
-    """The voxel shape a NIfTI file's header declares, reading only the file's first 64 KiB.
-
-    Raises:
-        BadInput: missing or unreadable file, not a NIfTI file.
-    """
+def read_nifti_header(path: str):
+    """The NIfTI header of a file (its first 64 KiB only), e.g. to write an output like it."""
     try:
         fs, p = open_uri(path)
         with fs.open_input_stream(p, compression=None) as f:
@@ -149,7 +145,44 @@ def nifti_shape(path: str) -> tuple[int, ...]:
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read file: {e}", path) from None
     head, _ = _gunzip(raw, 540, path) if raw[:2] == _GZIP_MAGIC else (raw[:540], True)
-    return tuple(int(d) for d in _nifti_layout(head, path)[1].get_data_shape())
+    return _nifti_layout(head, path)[1]
+
+
+def write_nifti_like(values: np.ndarray, reference: str, path) -> None:
+    """Write ``values`` (on the reference file's voxel grid) as NIfTI with the reference's header: its affine
+    (qform and sform), units and description; atomically (a temporary file, then a rename), so an
+    interrupted write never looks finished."""
+    import tempfile
+    from pathlib import Path
+
+    header = read_nifti_header(reference).copy()
+    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    header.set_data_dtype(values.dtype)
+    header.set_data_shape(values.shape)
+    header.set_slope_inter(1.0, 0.0)
+    header.set_intent("none")
+    img = klass(values, header.get_best_affine(), header=header)
+    img.set_qform(header.get_qform(), int(header["qform_code"]) or None)
+    img.set_sform(header.get_sform(), int(header["sform_code"]) or None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def nifti_shape(path: str) -> tuple[int, ...]:
+    """The voxel shape a NIfTI file's header declares, reading only the file's first 64 KiB.
+
+    Raises:
+        BadInput: missing or unreadable file, not a NIfTI file.
+    """
+    return tuple(int(d) for d in read_nifti_header(path).get_data_shape())
 
 
 def _describe(header) -> str:

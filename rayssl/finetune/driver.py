@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from rayssl.config import FinetuneConfig, dump_config
 from rayssl.data.crops import patches_per_case
 from rayssl.data.sources import Source
-from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentation, save_overlay, write_csv, write_nifti
+from rayssl.data.io import write_nifti_like
+from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentation, save_overlay, write_csv
 from rayssl.finetune.loop import BEST_FILE, train_loop_per_worker
 from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, case_dicts, load_eval_cases, task_spec
@@ -77,25 +78,28 @@ def _evaluate(model, cfg: FinetuneConfig, plan: FinetunePlan, split: str, files:
     cases = plan.val_cases if split == "val" else plan.test_cases
     if not cases:
         return {}
-    volumes = load_eval_cases(cases, cfg, plan.recipe, spec.channels)
+    volumes = load_eval_cases(cases, cfg, plan.recipe, spec.channels, source_labels=not spec.classification)
     if spec.classification:
         res = evaluate_classification(model, volumes, spec.class_names, cfg.batch_size * 4)
-    else:
+    else:  # scored, and written, on each case's own grid
         keep = max(cfg.eval.save_predictions, cfg.eval.overlays) if export else 0
         res = evaluate_segmentation(model, volumes, spec.mode, spec.num_classes, spec.class_names,
                                     cfg.eval.roi or cfg.data.roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
-                                    hd95=cfg.eval.hd95, keep=keep)
+                                    hd95=cfg.eval.hd95, keep=keep, source_grid=True)
         by_id = {v["case_id"]: v for v in volumes}
+        image_of = {c["case_id"]: c["image"][0] for c in cases}
+        previews = res.pop("previews")
         for i, (case_id, pred) in enumerate(res.pop("predictions").items()):
             vol = by_id[case_id]
             if i < cfg.eval.save_predictions:
-                write_nifti(pred, vol["affine"], files.path(f"predictions/{case_id}.nii.gz"))
+                write_nifti_like(pred, image_of[case_id], files.path(f"predictions/{case_id}.nii.gz"))
             if i < cfg.eval.overlays:
                 row = next(r for r in res["rows"] if r["case_id"] == case_id)
-                save_overlay(vol["image"], vol["label"], pred, files.path(f"overlays/{case_id}.png"),
+                save_overlay(vol["image"], vol["label"], previews[case_id], files.path(f"overlays/{case_id}.png"),
                              f"{case_id}: mean Dice {row['mean_dice']:.3f}")
     write_csv(res.pop("rows"), files.path(f"cases_{split}.csv"))
     res.pop("predictions", None)
+    res.pop("previews", None)
     return res
 
 
@@ -124,7 +128,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
             validation reports ``val_metric`` (and ``val_dice`` or ``val_auc``).
         plan: :func:`plan_finetune` of ``cfg``, when the caller made it already (before starting Ray).
     """
-    from rayssl.data.pipeline import train_volumes
+    from rayssl.data.pipeline import recipe_spacing, train_volumes
 
     plan = plan or plan_finetune(cfg)
     spec, report = plan.spec, plan.load_report
@@ -153,7 +157,9 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
         test = _evaluate(model, cfg, plan, "test", files, export=True)
     summary = _clean({
         "task": {"arch": cfg.model.arch, "mode": spec.mode, "num_classes": spec.num_classes,
-                 "class_names": list(spec.class_names), "source": cfg.data.source},
+                 "class_names": list(spec.class_names), "source": cfg.data.source, "loss": spec.loss,
+                 "channels": spec.channels, "recipe": plan.recipe, "spacing": recipe_spacing(cfg.data, plan.recipe),
+                 "roi": list(cfg.eval.roi or cfg.data.roi)},
         "metric": spec.metric,
         "val": val, "test": test,
         "pretrained": {"source": report["source"], "method": report["method"], "loaded": len(report["loaded"]),

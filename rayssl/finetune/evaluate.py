@@ -32,12 +32,13 @@ def predict_volume(model: nn.Module, image: np.ndarray | torch.Tensor, roi, over
 
 def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_classes: int, class_names: list[str],
                           roi, overlap: float = 0.5, sw_batch_size: int = 4, hd95: bool = True,
-                          device: torch.device | str = "cpu", keep: int = 0) -> dict:
+                          device: torch.device | str = "cpu", keep: int = 0, source_grid: bool = False) -> dict:
     """Dice (and HD95 in mm) per case and class over whole volumes.
 
     Args:
         model: the segmentation network.
-        volumes: ``load_case`` dicts with ``image``, ``label``, ``spacing``, ``affine``, ``case_id``.
+        volumes: ``load_case`` dicts with ``image``, ``label``, ``spacing``, ``affine``, ``case_id`` (and, for
+            ``source_grid``, ``source_label``, ``source_affine``, ``source_shape``).
         mode: ``multiclass`` (background excluded from the scores) or ``brats_regions``.
         num_classes: output channels.
         class_names: names of the scored channels (``num_classes - 1`` for multiclass).
@@ -45,18 +46,32 @@ def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_
         hd95: compute the 95% Hausdorff distance (slow on large volumes).
         device: where inference runs.
         keep: also return the predicted label maps of the first ``keep`` cases.
+        source_grid: score on each file's own grid, the way a reader compares with the label file: the
+            prediction is mapped back (:func:`rayssl.data.geometry.to_source_grid`, nearest) and compared with
+            the file's label at the file's spacing. ``False``: on the preprocessed grid (validation).
 
     Returns:
         ``{"rows": [per-case dicts], "mean_dice", "mean_hd95", "dice_<class>", "hd95_<class>",
-        "predictions": {case_id: uint8 label map}}``.
+        "predictions": {case_id: uint8 label map on the grid scored}, "previews": {case_id: label map on the
+        preprocessed grid}}``.
     """
+    from rayssl.data.geometry import to_source_grid
+    from rayssl.data.preprocess import affine_spacing
+
     multiclass = mode == "multiclass"
-    rows, predictions = [], {}
+    rows, predictions, previews = [], {}, {}
     for i, vol in enumerate(volumes):
         logits = predict_volume(model, vol["image"], roi, overlap, sw_batch_size, device)
         pred = discretise(logits, mode)
-        target = to_channels(torch.as_tensor(np.asarray(vol["label"]))[None].long(), mode, num_classes)
-        scores = dice_hd95(pred, target, vol.get("spacing"), include_background=not multiclass, hd95=hd95)
+        labels, spacing = vol["label"], vol.get("spacing")
+        if source_grid:
+            previews[vol["case_id"]] = to_label_map(pred, mode)[0].numpy()
+            back = to_source_grid(previews[vol["case_id"]][None], vol["affine"], vol["source_affine"],
+                                  vol["source_shape"], mode="nearest")
+            pred = to_channels(torch.as_tensor(back).long(), mode, num_classes)
+            labels, spacing = vol["source_label"], affine_spacing(vol["source_affine"])
+        target = to_channels(torch.as_tensor(np.asarray(labels))[None].long(), mode, num_classes)
+        scores = dice_hd95(pred, target, spacing, include_background=not multiclass, hd95=hd95)
         row = {"case_id": vol["case_id"], "split": vol.get("split", "")}
         for k, name in enumerate(class_names):
             row[f"dice_{name}"] = float(scores["dice"][0, k])
@@ -68,7 +83,8 @@ def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_
         rows.append(row)
         if i < keep:
             predictions[vol["case_id"]] = to_label_map(pred, mode)[0].numpy()
-    summary = {"rows": rows, "predictions": predictions}
+            previews.setdefault(vol["case_id"], predictions[vol["case_id"]])
+    summary = {"rows": rows, "predictions": predictions, "previews": {k: previews[k] for k in predictions}}
     keys = [k for k in (rows[0] if rows else {}) if k.startswith(("dice_", "hd95_", "mean_"))]
     for key in keys:
         summary[key] = nanmean([r[key] for r in rows])
@@ -117,19 +133,6 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    return path
-
-
-def write_nifti(label_map: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """A uint8 label map with the (preprocessed) input's affine, so it overlays the image in any viewer."""
-    import nibabel as nib
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(label_map, np.uint8), np.asarray(affine, np.float64))
-    img.set_qform(np.asarray(affine, np.float64), code=1)
-    img.set_sform(np.asarray(affine, np.float64), code=1)
-    nib.save(img, str(path))
     return path
 
 

@@ -1,7 +1,7 @@
 """The fine-tuning worker: the shared Ray Train worker loop (:mod:`rayssl.train.worker`) with validation on rank 0.
 
 Every ``eval.val_every`` epochs (and after the last) rank 0 scores the validation split (whole-volume
-sliding-window Dice, or AUC), every rank reports ``val_metric`` with a checkpoint; the best weights so
+sliding-window Dice on each case's own grid, or AUC), every rank reports ``val_metric`` with a checkpoint; the best weights so
 far travel in each checkpoint (``best.safetensors``), so a resumed run keeps them and the driver tests them.
 """
 
@@ -39,7 +39,7 @@ def validation_metric(model, cases: list[dict], cfg: FinetuneConfig, spec: TaskS
         return {"val_metric": res["mean_auc"], "val_auc": res["mean_auc"]}
     res = evaluate_segmentation(model, cases, spec.mode, spec.num_classes, spec.class_names,
                                 cfg.eval.roi or cfg.data.roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
-                                hd95=False, device=device)
+                                hd95=False, device=device, source_grid=True)
     return {"val_metric": res["mean_dice"], "val_dice": res["mean_dice"]}
 
 
@@ -72,7 +72,8 @@ def train_loop_per_worker(config: dict) -> None:
     )
     ctx.resumed(state, resumed)
 
-    val_cases = load_eval_cases(plan.val_cases, cfg, plan.recipe, spec.channels) if ctx.rank == 0 else []
+    val_cases = (load_eval_cases(plan.val_cases, cfg, plan.recipe, spec.channels, source_labels=not spec.classification)
+                 if ctx.rank == 0 else [])
     if cfg.augment:
         seed = ctx.seed(cfg.seed, state.step)
         augment = RandAugment2D(seed) if spec.classification else SegAugment(cfg.data.roi, seed)

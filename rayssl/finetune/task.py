@@ -120,8 +120,10 @@ def case_dicts(cases: list[Case]) -> list[dict]:
     return [dataclasses.asdict(c) for c in cases]
 
 
-def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str, channels: int | None = None) -> list[dict]:
-    """Read and preprocess evaluation cases (whole volumes; 2D images centre-cropped to the ROI)."""
+def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str, channels: int | None = None,
+                    source_labels: bool = False) -> list[dict]:
+    """Read and preprocess evaluation cases (whole volumes; 2D images centre-cropped to the ROI); with
+    ``source_labels`` also each case's label file as it is (``source_label``, to score on the file's grid)."""
     from rayssl.data.pipeline import image_size_2d
     from rayssl.data.preprocess import load_case
     from rayssl.finetune.evaluate import center_crop
@@ -131,5 +133,9 @@ def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str, channel
         vol = load_case(Case(**c), recipe, cfg.data.spacing, image_size_2d(cfg.data), channels)
         if len(cfg.data.roi) == 2:
             vol["image"] = center_crop(vol["image"], cfg.data.roi)
+        if source_labels and c.get("label"):
+            from rayssl.data.io import read_label
+
+            vol["source_label"] = read_label(c["label"])[0]
         out.append(vol)
     return out
