@@ -11,9 +11,14 @@ from rayssl.config import FinetuneConfig
 
 if __name__ == "__main__":
     cfg, _ = parse_job_args("finetune", FinetuneConfig, __doc__.splitlines()[0], default_preset="tiny")
-    from rayssl.finetune.driver import finetune, plan_finetune
+    from rayssl.finetune.driver import cross_validate, finetune, plan_finetune, plan_folds
     from rayssl.train.launch import init_ray
 
-    plan = before_ray(plan_finetune, cfg)  # source, task, pre-trained weights, checked before Ray starts
-    init_ray()
-    print(finetune(cfg, plan=plan))
+    if cfg.data.val_fold == "all":  # cross-validation: one run per fold, every fold planned before Ray starts
+        folds = before_ray(plan_folds, cfg)
+        init_ray()
+        print(cross_validate(cfg, folds))
+    else:
+        plan = before_ray(plan_finetune, cfg)  # source, task, pre-trained weights, checked before Ray starts
+        init_ray()
+        print(finetune(cfg, plan=plan))

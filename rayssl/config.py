@@ -83,7 +83,8 @@ class DataConfig(Strict):
     splits: list[Literal["train", "val", "test"]] = ["train"]
     """Which splits to emit patches for."""
     folds: int = Field(5, ge=2)
-    val_fold: int = Field(0, ge=0)
+    val_fold: int | Literal["all"] = 0
+    """The fold that validates; ``all`` (fine-tuning): cross-validation, one run per fold (see ``finetune``)."""
     test_fold: int | None = None
     """Carve a labelled test split out of the training cases (for sources without one)."""
     train_cases: int | None = Field(None, ge=1)
@@ -112,8 +113,8 @@ class DataConfig(Strict):
             raise ValueError(f"roi must be 2 or 3 positive ints, got {self.roi}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
             raise ValueError(f"spacing must be 3 positive mm values, got {self.spacing}")
-        if self.val_fold >= self.folds:
-            raise ValueError(f"val_fold={self.val_fold} must be < folds={self.folds}")
+        if self.val_fold != "all" and not 0 <= self.val_fold < self.folds:
+            raise ValueError(f"val_fold={self.val_fold} must be in 0..folds-1 (folds={self.folds}) or 'all'")
         if self.test_fold is not None and (self.test_fold >= self.folds or self.test_fold == self.val_fold):
             raise ValueError(f"test_fold={self.test_fold} must be < folds and differ from val_fold")
         if self.genesis_margin is not None and (len(self.genesis_margin) != len(self.roi) or min(self.genesis_margin) < 0):

@@ -222,3 +222,23 @@ def test_predict_rejects_models_that_disagree_before_ray(runs, tmp_path):
         plan_predict(predict_cfg([run_dir, other], "synthetic:ct:2", tmp_path / "out"))
     with pytest.raises(ValueError, match="no best.safetensors"):
         plan_predict(predict_cfg([tmp_path], "synthetic:ct:2", tmp_path / "out"))
+
+
+def test_cross_validation_runs_every_fold_and_summarises(runs, tmp_path):
+    import statistics
+
+    from rayssl.finetune.driver import finetune
+
+    _, cfg, _ = runs
+    cv = cfg.model_copy(deep=True)
+    cv.data.folds, cv.data.val_fold, cv.data.test_fold = 2, "all", None
+    cv.pretrained, cv.epochs, cv.eval.val_every, cv.eval.hd95 = "none", 1, 1, False
+    cv.run.name, cv.run.storage_path = "cv", str(tmp_path)
+    out = Path(finetune(cv))
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert [f["fold"] for f in summary["folds"]] == [0, 1] and out == tmp_path / "cv-cv"
+    vals = [json.loads((tmp_path / f"cv-cv-fold{k}" / "result.json").read_text())["val"]["mean_dice"] for k in (0, 1)]
+    assert [f["val"] for f in summary["folds"]] == pytest.approx(vals)
+    assert summary["val_mean"] == pytest.approx(statistics.mean(vals)) and summary["val_sd"] == pytest.approx(statistics.stdev(vals))
+    assert summary["models"] == ",".join(str(tmp_path / f"cv-cv-fold{k}") for k in (0, 1))
+    assert "jobs/predict.py --model" in (out / "cv_summary.md").read_text()

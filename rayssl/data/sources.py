@@ -468,6 +468,9 @@ def resolve_source(data: DataConfig) -> Source:
         src.channels = data.channels
     elif src.channels is None:
         src.channels = _majority_channels(src.cases)
+    if data.val_fold == "all":
+        raise ValueError("data.val_fold=all is cross-validation: one fine-tuning run per fold (jobs/finetune.py), "
+                         "not a split of one source listing")
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
     if data.train_cases is not None:
         src.cases = _train_subset(src.cases, data.train_cases, data.subset_seed, spec)

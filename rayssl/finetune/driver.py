@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from rayssl.finetune.task import TaskSpec, case_dicts, load_eval_cases, task_spe
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.checkpoint import read_safetensors
-from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir
+from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir
 from rayssl.train.optim import effective_lr
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,11 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
         callbacks: Ray Train callbacks, e.g. ``[TuneReportCallback()]`` inside a Ray Tune trial; every
             validation reports ``val_metric`` (and ``val_dice`` or ``val_auc``).
         plan: :func:`plan_finetune` of ``cfg``, when the caller made it already (before starting Ray).
+
+    ``data.val_fold=all`` runs :func:`cross_validate` instead and returns its summary folder.
     """
+    if cfg.data.val_fold == "all":
+        return cross_validate(cfg)
     from rayssl.data.pipeline import recipe_spacing, train_volumes
 
     plan = plan or plan_finetune(cfg)
@@ -175,3 +180,65 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
     log.info(json.dumps({"val_" + spec.metric: summary["val"].get(spec.metric),
                          "test_" + spec.metric: summary["test"].get(spec.metric), "pretrained": report["source"] or "none"}))
     return plan.run.path
+
+
+def plan_folds(cfg: FinetuneConfig) -> tuple[RunDir, list[tuple[int, FinetuneConfig, FinetunePlan]]]:
+    """The summary folder and, per fold, its config and plan (``data.val_fold=all``); every fold is checked
+    before the first one trains.
+
+    Raises:
+        ValueError: ``data.val_fold`` is not ``all``, or a fold's plan fails (see :func:`plan_finetune`).
+    """
+    if cfg.data.val_fold != "all":
+        raise ValueError("cross-validation needs data.val_fold=all")
+    base = run_dir(cfg.run, f"{cfg.preset or 'finetune'}-{cfg.model.arch}-cv")
+    folds = []
+    for k in (k for k in range(cfg.data.folds) if k != cfg.data.test_fold):
+        fold = cfg.model_copy(deep=True)
+        fold.data.val_fold = k
+        fold.run.name, fold.run.storage_path = f"{base.name}-fold{k}", base.storage
+        fold.pretrained = cfg.pretrained.replace("{fold}", str(k))
+        folds.append((k, fold, plan_finetune(fold)))
+    return base, folds
+
+
+def cross_validate(cfg: FinetuneConfig, folds: tuple | None = None) -> str:
+    """``data.val_fold=all``: fine-tune one run per fold (every fold but ``test_fold`` validates once), one
+    after another; return the folder with ``cv_summary.json`` / ``cv_summary.md``.
+
+    Each fold's run is ``<run.name>-fold<k>`` next to the summary folder ``<run.name>-cv``; re-running resumes
+    the unfinished folds and keeps the finished ones. ``pretrained`` may contain ``{fold}``, e.g.
+    ``pretrained=runs/pre-fold{fold}``, so that each fold fine-tunes an encoder self pre-trained on its own
+    training split only (``jobs/pretrain.py data.val_fold=k``); a single encoder for all folds has seen
+    every fold's validation cases unless it was pre-trained elsewhere. The summary lists the fold models for
+    ``jobs/predict.py --model``.
+    """
+    base, folds = folds or plan_folds(cfg)
+    results = []
+    for k, fold, plan in folds:
+        done = Path(plan.run.path) / "result.json"
+        path = plan.run.path if done.is_file() else finetune(fold, plan=plan)
+        result = json.loads((Path(path) / "result.json").read_text())
+        results.append({"fold": k, "run_dir": path, "model": str(Path(path)), "metric": result["metric"],
+                        "val": result["val"].get(result["metric"]), "test": result["test"].get(result["metric"])})
+    metric = results[0]["metric"]
+    summary = {"metric": metric, "folds": results,
+               **{f"{split}_mean": statistics.mean(r[split] for r in results if r[split] is not None) if any(
+                   r[split] is not None for r in results) else None for split in ("val", "test")},
+               **{f"{split}_sd": statistics.stdev([r[split] for r in results if r[split] is not None]) if sum(
+                   r[split] is not None for r in results) > 1 else None for split in ("val", "test")},
+               "models": ",".join(r["model"] for r in results)}
+    files = RunFiles(f"{base.storage.rstrip('/')}/{base.name}")
+    files.write_json("cv_summary.json", _clean(summary))
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"# Cross-validation: {cfg.model.arch}, {len(results)} folds ({metric})", "",
+             "| fold | validation | test | run |", "| --- | --- | --- | --- |",
+             *[f"| {r['fold']} | {fmt(r['val'])} | {fmt(r['test'])} | `{r['run_dir']}` |" for r in results],
+             f"| mean ± sd | {fmt(summary['val_mean'])} ± {fmt(summary['val_sd'])} | "
+             f"{fmt(summary['test_mean'])} ± {fmt(summary['test_sd'])} | |", "",
+             f"Ensemble: `python jobs/predict.py --model {summary['models']} --input SPEC --out DIR`"]
+    (files.path("cv_summary.md")).write_text("\n".join(lines) + "\n")
+    files.sync()
+    log.info("cross-validation: %s %s ± %s over %d folds; %s", metric, fmt(summary["val_mean"]), fmt(summary["val_sd"]),
+             len(results), files.uri("cv_summary.md"))
+    return files.run_dir
