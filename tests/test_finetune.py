@@ -236,9 +236,9 @@ def test_cross_validation_runs_every_fold_and_summarises(runs, tmp_path):
     cv.run.name, cv.run.storage_path = "cv", str(tmp_path)
     out = Path(finetune(cv))
     summary = json.loads((out / "cv_summary.json").read_text())
-    assert [f["fold"] for f in summary["folds"]] == [0, 1] and out == tmp_path / "cv-cv"
-    vals = [json.loads((tmp_path / f"cv-cv-fold{k}" / "result.json").read_text())["val"]["mean_dice"] for k in (0, 1)]
+    assert [f["fold"] for f in summary["folds"]] == [0, 1] and out == tmp_path / "cv"
+    vals = [json.loads((tmp_path / f"cv-fold{k}" / "result.json").read_text())["val"]["mean_dice"] for k in (0, 1)]
     assert [f["val"] for f in summary["folds"]] == pytest.approx(vals)
     assert summary["val_mean"] == pytest.approx(statistics.mean(vals)) and summary["val_sd"] == pytest.approx(statistics.stdev(vals))
-    assert summary["models"] == ",".join(str(tmp_path / f"cv-cv-fold{k}") for k in (0, 1))
+    assert summary["models"] == ",".join(str(tmp_path / f"cv-fold{k}") for k in (0, 1))
     assert "jobs/predict.py --model" in (out / "cv_summary.md").read_text()

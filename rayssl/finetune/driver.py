@@ -206,7 +206,7 @@ def cross_validate(cfg: FinetuneConfig, folds: tuple | None = None) -> str:
     """``data.val_fold=all``: fine-tune one run per fold (every fold but ``test_fold`` validates once), one
     after another; return the folder with ``cv_summary.json`` / ``cv_summary.md``.
 
-    Each fold's run is ``<run.name>-fold<k>`` next to the summary folder ``<run.name>-cv``; re-running resumes
+    Each fold's run is ``<run.name>-fold<k>`` next to the summary folder ``<run.name>``; re-running resumes
     the unfinished folds and keeps the finished ones. ``pretrained`` may contain ``{fold}``, e.g.
     ``pretrained=runs/pre-fold{fold}``, so that each fold fine-tunes an encoder self pre-trained on its own
     training split only (``jobs/pretrain.py data.val_fold=k``); a single encoder for all folds has seen
