@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Callable, TypeVar
 
-from rayssl.config import ConfigError, load_config
+from rayssl.config import ConfigError, config_keys, load_config, preset_names
 from rayssl.logs import configure_logging
 
 T = TypeVar("T")
@@ -26,7 +26,12 @@ def parse_job_args(job: str, cls, description: str, default_preset: str | None =
     error prints the message and exits with status 2, before Ray starts. Sets up rayssl's console.
     """
     configure_logging()
-    parser = argparse.ArgumentParser(description=description)
+    presets = preset_names(job)
+    keys = "\n".join(f"  {key} ({kind}, default {default})" + (f"\n      {doc}" if doc else "")
+                     for key, kind, default, doc in config_keys(cls))
+    epilog = (f"presets: {', '.join(presets) or 'none'}\n\nconfig keys (key=value, dotted for nesting):\n{keys}")
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=default_preset, help=f"a preset in rayssl/presets/{job}/")
     parser.add_argument("--config", default=None, help="a YAML file merged over the preset")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nesting")

@@ -9,6 +9,7 @@ validates the result. An unknown key or a value of the wrong type raises
 from __future__ import annotations
 
 import copy
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,7 @@ def check_divisible(roi, by: int, what: str, key: str = "data.roi") -> None:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class DataConfig(Strict):
@@ -198,12 +199,27 @@ def nest(overrides: dict[str, Any]) -> dict:
     return out
 
 
-def _format_errors(err: ValidationError) -> str:
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (nested) config model that holds ``loc``'s last key."""
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part))
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        cls = sub
+    return list(cls.model_fields)
+
+
+def _format_errors(err: ValidationError, cls: type[BaseModel] | None = None) -> str:
+    import difflib
+
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<config>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            near = difflib.get_close_matches(str(e["loc"][-1]), _fields_at(cls, e["loc"]) if cls else [], n=1)
+            hint = f"; did you mean {'.'.join([*map(str, e['loc'][:-1]), near[0]])}?" if near else ""
+            lines.append(f"  {key}: unknown key{hint}")
         elif e["type"] == "value_error":  # a validator's check: its message names the keys
             lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}" if e["loc"] else
                          f"  {e['msg'].removeprefix('Value error, ')}")
@@ -216,7 +232,7 @@ def build_config(cls: type[BaseModel], data: dict, origin: str = "config") -> An
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"invalid {origin}:\n{_format_errors(err)}") from None
+        raise ConfigError(f"invalid {origin}:\n{_format_errors(err, cls)}") from None
 
 
 def load_config(
@@ -258,6 +274,21 @@ def load_config(
     if overrides:
         origin.append("overrides")
     return build_config(cls, data, f"{job} config ({' + '.join(origin) or 'defaults'})")
+
+
+def config_keys(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(dotted key, type, default, first line of its description)`` of every field, nested ones included."""
+    out = []
+    for name, field in cls.model_fields.items():
+        key, ann = f"{prefix}{name}", field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += config_keys(ann, f"{key}.")
+            continue
+        kind = getattr(ann, "__name__", None) if isinstance(ann, type) else str(ann).replace("typing.", "")
+        default = field.get_default(call_default_factory=True)
+        doc = (field.description or "").strip().split("\n")[0]
+        out.append((key, kind or str(ann), json.dumps(default, default=str) if default is not None else "null", doc))
+    return out
 
 
 def dump_config(cfg: BaseModel) -> dict:

@@ -23,7 +23,7 @@ from rayssl.finetune.loop import BEST_FILE, train_loop_per_worker
 from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, case_dicts, load_eval_cases, task_spec
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
-from rayssl.train.artifacts import RunFiles
+from rayssl.train.artifacts import RunFiles, provenance
 from rayssl.train.checkpoint import read_safetensors
 from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir
 from rayssl.train.optim import effective_lr
@@ -173,6 +173,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
         "epochs": last.get("epoch"), "steps": last.get("step"), "final_train_loss": last.get("train_loss"),
         "wall_time_s": wall, "world_size": last.get("world_size"),
         "checkpoint": result.checkpoint.path, "run_dir": plan.run.path, "config": dump_config(cfg),
+        "provenance": provenance(),
     })
     files.write_json("result.json", summary)
     files.write_json("pretrained_load.json", _clean(report))

@@ -22,6 +22,7 @@ from rayssl.config import DataConfig, PredictConfig, ScaleConfig, dump_config
 from rayssl.data.io import write_nifti_like
 from rayssl.data.sources import Case, Source
 from rayssl.predict.models import PredictModel, load_models
+from rayssl.train.artifacts import provenance
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,6 @@ class Predictor:
         return row
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("rayssl", "torch", "ray", "monai", "timm", "nibabel", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def predict(cfg: PredictConfig, plan: PredictPlan | None = None) -> str:
     """Predict every case of ``cfg.input`` not predicted yet; return the output folder.
 
@@ -187,7 +176,7 @@ def predict(cfg: PredictConfig, plan: PredictPlan | None = None) -> str:
     summary = {"predicted": sum(r["status"] == "done" for r in rows), "skipped_done_before": len(plan.done),
                "quarantined": len(quarantined), "quarantined_inputs": [r["reason"] for r in quarantined],
                "seconds": time.perf_counter() - t0, "actors": actors, "gpu": gpu,
-               "models": [m.describe() for m in plan.models], "settings": dump_config(cfg), "versions": _versions()}
+               "models": [m.describe() for m in plan.models], "settings": dump_config(cfg), **provenance()}
     (plan.out / SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
     log.info("%d predicted, %d quarantined, %d done before", summary["predicted"], len(quarantined), len(plan.done))
     return str(plan.out)

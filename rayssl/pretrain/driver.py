@@ -12,7 +12,7 @@ from rayssl.data.crops import patches_per_case
 from rayssl.data.sources import Source
 from rayssl.pretrain.loop import train_loop_per_worker
 from rayssl.pretrain.methods import export_meta, export_state
-from rayssl.train.artifacts import RunFiles
+from rayssl.train.artifacts import RunFiles, provenance
 from rayssl.train.checkpoint import load_weights, save_export
 from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir
 from rayssl.train.optim import effective_lr
@@ -120,6 +120,7 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
         "weights": files.uri(f"export/{weights_path.name}"),
         "checkpoint": result.checkpoint.path,
         "run_dir": plan.run.path,
+        "provenance": provenance(),
     }
     files.write_json("result.json", summary)
     files.sync()

@@ -19,6 +19,30 @@ import pyarrow.fs as pafs
 from rayssl.data.io import is_uri, open_uri
 
 METRICS = "metrics.jsonl"
+PACKAGES = ("rayssl", "torch", "ray", "deepspeed", "monai", "timm", "numpy", "nibabel")
+
+
+def provenance() -> dict:
+    """The versions of rayssl and the libraries that decide its results, and the git commit when rayssl
+    runs from a checkout (``None`` otherwise)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    checkout = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"versions": versions, "git_commit": commit, "git_dirty": dirty}
 
 
 class RunFiles:
