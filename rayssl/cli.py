@@ -4,11 +4,12 @@ fail before Ray starts."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, TypeVar
 
 from rayssl.config import ConfigError, config_keys, load_config, preset_names
-from rayssl.logs import configure_logging
+from rayssl.logs import VERBOSE_ENV, quiet_process
 
 T = TypeVar("T")
 
@@ -23,9 +24,12 @@ def parse_job_args(job: str, cls, description: str, default_preset: str | None =
     """Parse ``[--preset NAME] [--config FILE] [key=value ...]`` into a validated ``cls`` config.
 
     ``extra(parser)`` may add job-specific flags; they are returned in the namespace. A config
-    error prints the message and exits with status 2, before Ray starts. Sets up rayssl's console.
+    error prints the message and exits with status 2, before Ray starts. Sets up rayssl's console
+    (``--verbose``: every library's logs and progress bars too).
     """
-    configure_logging()
+    if "--verbose" in (sys.argv[1:] if argv is None else argv):
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_process()
     presets = preset_names(job)
     keys = "\n".join(f"  {key} ({kind}, default {default})" + (f"\n      {doc}" if doc else "")
                      for key, kind, default, doc in config_keys(cls))
@@ -34,6 +38,7 @@ def parse_job_args(job: str, cls, description: str, default_preset: str | None =
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=default_preset, help=f"a preset in rayssl/presets/{job}/")
     parser.add_argument("--config", default=None, help="a YAML file merged over the preset")
+    parser.add_argument("--verbose", action="store_true", help="show every library's logs and progress bars")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, dotted keys for nesting")
     if extra:
         extra(parser)

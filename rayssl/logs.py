@@ -1,11 +1,29 @@
-"""rayssl's console: every module logs to its own ``logging`` logger under ``rayssl``; the jobs (and the
-Ray Train workers, whose processes start without a logging set-up) show those records as
-``[rayssl] message`` lines on standard output."""
+"""rayssl's console: every module logs to its own ``logging`` logger under ``rayssl``; the jobs and every Ray
+process of a job show those records as ``[rayssl] message`` lines on standard output, and keep the
+libraries' chatter (Ray Data progress bars, Ray Train's per-report lines, DeepSpeed's info logs, known
+harmless warnings) out of the console. ``RAYSSL_VERBOSE=1`` (``--verbose``) shows everything; Ray's own
+log files under its session directory keep the full logs either way."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
+
+VERBOSE_ENV = "RAYSSL_VERBOSE"
+QUIET_LOGGERS = ("ray.train", "ray.tune", "ray.data", "DeepSpeed", "torch.distributed")
+HARMLESS = (  # (message regex, category): warnings libraries raise on every run, about nothing a user can change
+    (r".*all_gather_into_tensor.*deprecated", FutureWarning),
+    (r".*Converting a tensor with requires_grad=True to a scalar", UserWarning),
+    (r".*TypedStorage is deprecated", UserWarning),
+    (r".*torch\.cuda\.amp\..* is deprecated", FutureWarning),
+    (r".*`torch\.library\.impl_abstract` was renamed", FutureWarning),
+)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -18,3 +36,25 @@ def configure_logging(level: int = logging.INFO) -> None:
         root.addHandler(handler)
         root.propagate = False
     root.setLevel(level)
+
+
+def quiet_process() -> None:
+    """Set up one process of a rayssl job: rayssl's lines on, the libraries' info logs, progress bars and
+    known harmless warnings off (all kept with ``RAYSSL_VERBOSE=1``). The jobs call it; Ray runs it in every
+    worker process of the job (``worker_process_setup_hook``)."""
+    configure_logging()
+    if verbose():
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Train's placement-group cleaner asks the state API (the dashboard) every second whether the run's
+    # controller lives; without a dashboard each try is a warning, and the sweep frees the groups itself
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    for message, category in HARMLESS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+    except ImportError:
+        pass

@@ -19,15 +19,25 @@ log = logging.getLogger(__name__)
 
 
 def init_ray() -> None:
-    """Join the cluster a job was submitted to (``RAY_ADDRESS`` / job context), else start a local Ray."""
+    """Join the cluster a job was submitted to (``RAY_ADDRESS`` / job context), else start a local Ray.
+
+    A local Ray runs :func:`rayssl.logs.quiet_process` in every worker process (its
+    ``worker_process_setup_hook``); on a cluster the job's runtime environment sets it
+    (``cluster/runtime_env.yaml``).
+    """
     import ray
+
+    from rayssl.logs import VERBOSE_ENV, verbose
 
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(include_dashboard=False)
+        env = {VERBOSE_ENV: "1"} if verbose() else {}
+        ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": "rayssl.logs.quiet_process",
+                                                       "env_vars": env},
+                 logging_config=ray.LoggingConfig(log_level="INFO" if verbose() else "WARNING"))
 
 
 def max_workers(scale: ScaleConfig) -> int:

@@ -64,7 +64,7 @@ class WorkerContext:
         import ray.train
         import ray.train.torch
 
-        configure_logging()
+        configure_logging()  # rayssl's lines, also where Ray started without rayssl's setup hook
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         device = ray.train.torch.get_device()
