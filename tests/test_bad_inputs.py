@@ -381,15 +381,16 @@ def test_strict_mode_fails_at_listing_on_missing_files(tmp_path):
         resolve_source(DataConfig(source=f"msd:{tmp_path}", strict=True))
 
 
-def test_pickled_and_corrupt_weights_are_refused_by_name(tmp_path):
+def test_unknown_and_corrupt_weights_are_refused_by_name(tmp_path):
     import torch
 
-    from rayssl.finetune.weights import resolve_pretrained
+    from rayssl.finetune.weights import load_pretrained
+    from rayssl.models.unetr import UNETR
     from rayssl.train.checkpoint import load_export
 
-    torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"model.pt.* is a pickled PyTorch checkpoint: rayssl does not load"):
-        resolve_pretrained(str(tmp_path / "model.pt"))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")  # plain tensors, read safely, in no known layout
+    with pytest.raises(ValueError, match=r"weights in no layout rayssl reads .*first keys: \['w'\]"):
+        load_pretrained(UNETR((32, 32, 32), 8, 1, 3, 48, 2, 3), str(tmp_path / "model.pt"))
     (tmp_path / "enc.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     (tmp_path / "enc.json").write_text("{}")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'enc.safetensors'}: not a readable .safetensors file"):
@@ -405,7 +406,7 @@ BEFORE_RAY = {
     "malformed_dataset_json": ("pretrain", ["data.source=msd:{bad}"], "'training' must be a list"),
     "empty_training_list": ("pretrain", ["data.source=msd:{empty}"], "has no training cases"),
     "eval_roi_not_divisible": ("finetune", ["eval.roi=[36,36,36]", "pretrained=none"], "eval.roi=[36, 36, 36]"),
-    "pickled_pretrained": ("finetune", ["pretrained={pt}"], "is a pickled PyTorch checkpoint"),
+    "unreadable_pretrained": ("finetune", ["pretrained={pt}"], "not a readable PyTorch or safetensors file"),
 }
 
 

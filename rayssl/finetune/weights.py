@@ -1,9 +1,12 @@
 """Loading pre-trained weights into a downstream network: strict about the architecture, explicit about what loaded.
 
 ``pretrained`` is ``none``, an exported ``encoder.safetensors`` / ``unet.safetensors`` (with its JSON
-sidecar) or a pre-training run directory. A ViT encoder must match in spatial dims, patch size, width,
-depth, heads and channels; a different ROI is fine (position embeddings are interpolated). The Genesis
-U-Net must match in width, norm and channels; only its output convolution is new.
+sidecar), a pre-training run directory, or published weights in their own layout (a ``.pt`` / ``.pth`` /
+``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``): timm / facebookresearch/mae
+ViTs, MONAI ``ViT`` and ``UNETR``, SelfMedMAE's 3D MAE, the Models Genesis ``UNet3D``
+(:mod:`rayssl.models.convert`). A ViT encoder must match in spatial dims, patch size, width, depth, heads
+and channels; a different ROI is fine (position embeddings are interpolated). The Genesis U-Net must match
+in width, norm and channels; only its output convolution is new.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rayssl.models.vit import ViTEncoder, check_grid, interpolate_pos_embed
 from rayssl.train.checkpoint import load_export
 
 EXPORT_NAMES = ("encoder.safetensors", "unet.safetensors")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
+NATIVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
 
 def resolve_pretrained(spec: str | None) -> Path | None:
@@ -44,16 +47,12 @@ def resolve_pretrained(spec: str | None) -> Path | None:
                 if (folder / name).is_file():
                     return (folder / name).resolve()
         raise ValueError(f"pretrained={spec!r}: directory holds no export/encoder.safetensors or export/unet.safetensors")
-    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
-        raise ValueError(
-            f"pretrained={spec!r} is a pickled PyTorch checkpoint: rayssl does not load those (unpickling can run "
-            "code). Convert it once, where you trust the file, to safetensors with a JSON sidecar describing the "
-            "network (see README, 'Pre-trained weights'), e.g. python -c \"import torch; from safetensors.torch import "
-            f"save_file; save_file(torch.load('{path}', weights_only=True), '{path.with_suffix('.safetensors')}')\"")
+    if path.suffix.lower() in NATIVE_SUFFIXES and path.is_file():
+        return path.resolve()  # published weights: read with torch.load(weights_only=True)
     st = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
     if not st.is_file():
-        raise ValueError(f"pretrained={spec!r} does not exist (expected 'none', an exported .safetensors file "
-                         "or a pre-training run directory)")
+        raise ValueError(f"pretrained={spec!r} does not exist (expected 'none', a pre-training run directory, "
+                         "its exported .safetensors, or published weights: .pt / .pth / .bin / .safetensors)")
     return st.resolve()
 
 
@@ -119,6 +118,67 @@ def _load_unet(unet: GenesisUNet, weights: dict, meta: dict, source: Path) -> di
     return {"pos_embed_interpolated": None, "loaded": sorted(state)}
 
 
+def _interpolate(encoder: ViTEncoder, state: dict, source: Path) -> list | None:
+    """Resize ``state["pos_embed"]`` to the encoder's grid when the source's cubic/square grid differs."""
+    pos = state.get("pos_embed")
+    if pos is None or pos.shape == encoder.pos_embed.shape:
+        return None
+    side = round((pos.shape[1] - 1) ** (1 / encoder.spatial_dims))
+    if side ** encoder.spatial_dims != pos.shape[1] - 1:
+        raise ValueError(f"pretrained weights {source}: a position embedding of {pos.shape[1] - 1} tokens is no cube "
+                         f"or square grid, so it cannot be resized to {list(encoder.grid_size)}")
+    old = (side,) * encoder.spatial_dims
+    state["pos_embed"] = interpolate_pos_embed(pos, old, encoder.grid_size)
+    return [list(old), list(encoder.grid_size)]
+
+
+def _load_native(model: nn.Module, path: Path) -> dict:
+    """Published weights (:mod:`rayssl.models.convert`) into ``model``: the ViT encoder (and a MONAI UNETR's
+    decoder into a UNETR), or the Genesis U-Net's body; what was used, loaded and left out is reported."""
+    from rayssl.models import convert
+
+    try:
+        state = convert.read_state_dict(path)
+        fmt = convert.detect(state)
+    except convert.FormatError as e:
+        raise ValueError(str(e)) from None
+    if isinstance(model, GenesisUNet):
+        if fmt not in ("genesis", "rayssl"):
+            raise ValueError(f"pretrained weights {path} are a {fmt} checkpoint; model.arch=genesis_unet needs the "
+                             "Models Genesis U-Net (UNet3D)")
+        body, used = convert.genesis_unet(state) if fmt == "genesis" else ({k: v for k, v in state.items()}, set(state))
+        body = {k: v for k, v in body.items() if not k.startswith("out.")}  # new output head
+        used = {k for k in used if not k.startswith("out_tr.")}
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith("out.")}
+        _check_shapes(path, body, own, "")
+        with torch.no_grad():
+            model.load_state_dict(body, strict=False)
+        return {"method": "genesis", "format": fmt, "pos_embed_interpolated": None, "loaded": sorted(body),
+                "skipped": sorted(set(state) - used)}
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, ViTEncoder):
+        raise ValueError(f"cannot load pretrained weights into {type(model).__name__}")
+    if fmt == "genesis":
+        raise ValueError(f"pretrained weights {path} are a Models Genesis U-Net; this model needs a ViT encoder")
+    enc, used = convert.vit_encoder(state, fmt)
+    interpolated = _interpolate(encoder, enc, path)
+    own = encoder.state_dict()
+    if "cls_token" not in enc:  # a MONAI ViT without classification has none: the model's own stays
+        own.pop("cls_token")
+    _check_shapes(path, enc, own, "encoder.")
+    loaded = {f"encoder.{k}": v for k, v in enc.items()}
+    if fmt == "monai_unetr" and hasattr(model, "head"):
+        decoder, used_decoder = convert.unetr_decoder(state)
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+        if {k: tuple(v.shape) for k, v in decoder.items()} == {k: tuple(v.shape) for k, v in own.items() if k in decoder}:
+            loaded.update(decoder)
+            used |= used_decoder
+    with torch.no_grad():
+        model.load_state_dict(loaded, strict=False)
+    return {"method": "mae" if fmt in ("timm", "selfmedmae") else fmt, "format": fmt,
+            "pos_embed_interpolated": interpolated, "loaded": sorted(loaded), "skipped": sorted(set(state) - used)}
+
+
 def load_pretrained(model: nn.Module, spec: str | Path | None) -> dict:
     """Initialise ``model`` (UNETR, ViT classifier or Genesis U-Net) from pre-trained weights.
 
@@ -139,6 +199,10 @@ def load_pretrained(model: nn.Module, spec: str | Path | None) -> dict:
     names = [k for k in model.state_dict()]
     if path is None:
         return {"source": None, "method": None, "loaded": [], "new": names, "pos_embed_interpolated": None}
+    if not path.with_suffix(".json").is_file():  # no rayssl sidecar: published weights in their own layout
+        report = _load_native(model, path)
+        loaded = set(report["loaded"])
+        return {"source": str(path), **report, "new": [k for k in names if k not in loaded]}
     weights, meta = load_export(path)
     if isinstance(model, GenesisUNet):
         report = _load_unet(model, weights, meta, path)
