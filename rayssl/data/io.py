@@ -148,22 +148,28 @@ def read_nifti_header(path: str):
     return _nifti_layout(head, path)[1]
 
 
-def write_nifti_like(values: np.ndarray, reference: str, path) -> None:
-    """Write ``values`` (on the reference file's voxel grid) as NIfTI with the reference's header: its affine
-    (qform and sform), units and description; atomically (a temporary file, then a rename), so an
-    interrupted write never looks finished."""
+def write_nifti_like(values: np.ndarray, reference: str | None, path, affine: np.ndarray | None = None) -> None:
+    """Write ``values`` (on the reference file's voxel grid) as NIfTI with the reference NIfTI's header: its
+    affine (qform and sform), units and description; without a reference (a DICOM series), with ``affine``.
+    Atomically (a temporary file, then a rename), so an interrupted write never looks finished."""
     import tempfile
     from pathlib import Path
 
-    header = read_nifti_header(reference).copy()
-    klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    header.set_data_dtype(values.dtype)
-    header.set_data_shape(values.shape)
-    header.set_slope_inter(1.0, 0.0)
-    header.set_intent("none")
-    img = klass(values, header.get_best_affine(), header=header)
-    img.set_qform(header.get_qform(), int(header["qform_code"]) or None)
-    img.set_sform(header.get_sform(), int(header["sform_code"]) or None)
+    if reference is None:
+        img = nib.Nifti1Image(values, np.asarray(affine, np.float64))
+        img.set_qform(img.affine, code=1)
+        img.set_sform(img.affine, code=1)
+        img.header.set_xyzt_units("mm")
+    else:
+        header = read_nifti_header(reference).copy()
+        klass = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        header.set_data_dtype(values.dtype)
+        header.set_data_shape(values.shape)
+        header.set_slope_inter(1.0, 0.0)
+        header.set_intent("none")
+        img = klass(values, header.get_best_affine(), header=header)
+        img.set_qform(header.get_qform(), int(header["qform_code"]) or None)
+        img.set_sform(header.get_sform(), int(header["sform_code"]) or None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nii.gz", dir=path.parent)

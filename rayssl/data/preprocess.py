@@ -173,7 +173,12 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
                 raise BadInput(f"expected one 2D image file, got {len(case.image)}")
             image, affine, label, label_affine = read_image_2d(case.image[0]), np.eye(4), None, None
         else:
-            image, affine = read_volume(case.image)
+            if case.kind == "dicom":
+                from rayssl.data.dicom import read_series
+
+                image, affine = read_series(case.image)
+            else:
+                image, affine = read_volume(case.image)
             if channels is not None and image.shape[0] != channels:
                 raise BadInput(f"{image.shape[0]} channels (a 4D file's 4th axis is read as channels), but the "
                                f"source has {channels} (set data.channels if that is wrong)")

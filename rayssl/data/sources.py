@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 SPEC_FORMS = (
     "synthetic:ct[:N]", "synthetic:mri[:N]", "synthetic:cxr[:N]", "msd:PATH (folder with dataset.json, or the json)",
-    "folder:IMAGES[,LABELS]", "csv:FILE.csv", "cxr14:PATH", "PATH (auto-detected)",
+    "folder:IMAGES[,LABELS]", "csv:FILE.csv", "cxr14:PATH", "dicom:FOLDER (one case per series)",
+    "PATH (auto-detected)",
 )  # fmt: skip
 SYNTHETIC_DEFAULT_N = {"ct": 8, "mri": 6, "cxr": 64}
 CXR14_CLASSES = list(CXR_FINDINGS)
@@ -58,6 +59,8 @@ class Case:
     """Grouping key for the k-fold split (defaults to ``case_id``)."""
     target: list[float] | None = None
     """Multi-hot findings (2D CXR); ``None`` for volumes."""
+    kind: str = "file"
+    """``file`` (NIfTI / image files, several = channels) or ``dicom`` (``image``: the slices of one series)."""
 
     def __post_init__(self):
         self.subject = self.subject or self.case_id
@@ -327,6 +330,25 @@ def _csv(path: str) -> Source:
     return Source("csv", root, cases, 3, channels, "none", {}, {}, [], [])
 
 
+def _dicom(path: str) -> Source:
+    """A folder tree of DICOM files: one unlabelled case per series (:mod:`rayssl.data.dicom`)."""
+    from rayssl.data.dicom import list_series
+
+    if is_uri(path):
+        raise ValueError(f"dicom:{path}: DICOM series are read from a local (or mounted) folder")
+    series, bad = list_series(path)
+    if not series:
+        raise ValueError(f"dicom:{path}: no DICOM series below the folder")
+    cases, seen = [], Counter()
+    for uid, s in sorted(series.items(), key=lambda kv: (kv[1]["patient"], kv[1]["number"], kv[0])):
+        name = "_".join(p for p in (s["patient"], s["number"]) if p) or uid
+        case_id = _unique("".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name), seen, path)
+        cases.append(Case(case_id, sorted(s["files"]), None, split="", subject=s["patient"], kind="dicom"))
+    modalities = {s["modality"].upper() for s in series.values()}
+    recipe = "ct_btcv" if modalities == {"CT"} else "mri_brats" if modalities == {"MR"} else "none"
+    return Source("dicom", path, cases, 3, 1, recipe, {}, {}, [], bad)
+
+
 def _cxr14_image_dirs(root: str) -> dict[str, str]:
     """``{image name: folder}`` for the Kaggle layout ``images_001/images/...``; {} when ``images/`` exists."""
     if is_dir(_join(root, "images")):
@@ -447,14 +469,14 @@ def resolve_source(data: DataConfig) -> Source:
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "synthetic":
         src = _synthetic(rest, data, spec)
-    elif sep and prefix in ("msd", "folder", "csv", "cxr14"):
+    elif sep and prefix in ("msd", "folder", "csv", "cxr14", "dicom"):
         if not rest:
             raise _bad_spec(spec, "missing path")
         rest = ",".join(absolute(p) for p in rest.split(",")) if prefix == "folder" else absolute(rest)
         first = rest.partition(",")[0]
         if not (is_dir(first) or exists(first)):
             raise _bad_spec(spec, f"path {first!r} does not exist")
-        src = {"msd": _msd, "folder": _folder, "csv": _csv, "cxr14": _cxr14}[prefix](rest)
+        src = {"msd": _msd, "folder": _folder, "csv": _csv, "cxr14": _cxr14, "dicom": _dicom}[prefix](rest)
     elif sep and not is_uri(spec) and len(prefix) > 1:
         raise _bad_spec(spec, f"unknown source type {prefix!r}")
     else:

@@ -112,10 +112,11 @@ class Predictor:
                                               overlap, self.cfg.sw_batch_size, self.cfg.tta, self.device)
                 labels, source_probs = on_source_grid(probs, volume, self.spec, self.cfg.save_probabilities)
                 path = self.out / output_name(case.case_id)
+                reference = None if case.kind == "dicom" else case.image[0]  # a NIfTI input's header, kept
                 if source_probs is not None:  # the labels last: their file marks the case as finished
-                    write_nifti_like(np.moveaxis(source_probs, 0, -1).astype(np.float32), case.image[0],
-                                 self.out / f"{case.case_id}_prob.nii.gz")
-                write_nifti_like(labels, case.image[0], path)
+                    write_nifti_like(np.moveaxis(source_probs, 0, -1).astype(np.float32), reference,
+                                     self.out / f"{case.case_id}_prob.nii.gz", volume["source_affine"])
+                write_nifti_like(labels, reference, path, volume["source_affine"])
                 row["output"] = str(path)
         except BadInput as e:
             if self.cfg.strict:
