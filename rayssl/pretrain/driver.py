@@ -81,6 +81,8 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
         from rayssl.data.pipeline import train_volumes
 
         plan = plan or plan_pretrain(cfg)
+        log.info("preparing %d training cases (%s)", plan.num_cases, "from the cache" if cfg.data.cache_dir else
+                 "read and preprocessed once, kept in Ray's object store" if cfg.data.keep_volumes else "streamed")
         ds = train_volumes(cfg.data, ["image"], "train", plan.source)
         if isinstance(ds, MaterializedDataset):
             plan = dataclasses.replace(plan, num_cases=ds.count())  # without the quarantined cases

@@ -50,6 +50,9 @@ def train_loop_per_worker(config: dict) -> None:
         plan.run.path,
     )
     ctx.resumed(state, resumed)
+    if ctx.files:
+        log.info("%s engine built on %s (%s, ZeRO-%d); training", cfg.model.method, ctx.device, ctx.precision,
+                 cfg.scale.zero_stage)
 
     generator = ctx.generator(cfg.seed, state.step)
     window = LossWindow()
@@ -101,7 +104,7 @@ def train_loop_per_worker(config: dict) -> None:
     def after_step() -> None:
         if state.step % cfg.run.checkpoint_every == 0:
             report(with_checkpoint=True)
-        elif state.step % cfg.run.log_every == 0:
+        elif state.step % cfg.run.log_every == 0 or state.step == 1:  # the first step shows the run is going
             report(with_checkpoint=False)
 
     def after_epoch() -> None:

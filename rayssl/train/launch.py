@@ -31,13 +31,18 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
+    t0 = time.perf_counter()
     if os.environ.get("RAY_ADDRESS"):
+        log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
+        log.info("starting a local Ray")
         env = {VERBOSE_ENV: "1"} if verbose() else {}
         ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": "rayssl.logs.quiet_process",
                                                        "env_vars": env},
                  logging_config=ray.LoggingConfig(log_level="INFO" if verbose() else "WARNING"))
+    log.info("Ray up in %.1f s: %g CPUs, %g GPUs", time.perf_counter() - t0, ray.cluster_resources().get("CPU", 0),
+             ray.cluster_resources().get("GPU", 0))
 
 
 def max_workers(scale: ScaleConfig) -> int:
