@@ -1,63 +1,96 @@
-"""Patches/s of the rayssl data flow vs a MONAI Dataset + torch DataLoader, side by side.
+"""Patches/s of rayssl's data flow against MONAI's datasets, first epoch and later epochs, with memory.
 
-    python benchmarks/data_pipeline.py [--cases 16] [--roi 48 48 48] [--patches 8] [--repeats 2]
+    python benchmarks/data_pipeline.py [--cases 16] [--roi 48 48 48] [--patches 8] [--epochs 3] [--workdir DIR]
 
-Same machine, same synthetic CT phantoms (default shape), same recipe (BTCV: RAS, 1.5x1.5x2 mm,
--175..250 HU, foreground crop) and the same number of random crops per volume:
+Same machine, the same synthetic CT phantoms, recipe (BTCV: RAS, 1.5 x 1.5 x 2 mm, -175..250 HU, foreground
+crop), ROI and crops per volume, new crops and flips every epoch in all of them:
 
-  (a) Ray Data from NIfTI: every pass reads and preprocesses the volumes (``train_volumes`` with
-      ``keep_volumes=false``), the consumer cuts new crops (``epoch_batches``, as a training worker does)
-  (o) the same volumes preprocessed once and kept in Ray's object store (``keep_volumes=true``, the
-      default), new crops every pass
-  (b) the Parquet cache of preprocessed volumes written by ``prepare``, new crops every pass
-  (c) MONAI ``Dataset`` (LoadImaged, EnsureChannelFirstd, Orientationd, Spacingd,
-      ScaleIntensityRanged, CropForegroundd, RandSpatialCropSamplesd) in a ``DataLoader`` with
-      ``num_workers`` = cores
+* rayssl from NIfTI: Ray Data reads and preprocesses every epoch (``keep_volumes=false``), the consumer cuts
+  crops as a training worker does (``epoch_batches``);
+* rayssl kept: preprocessed once into Ray's object store (``keep_volumes=true``, the default);
+* rayssl cache: the Parquet cache of preprocessed volumes written by ``prepare``, streamed every epoch;
+* MONAI ``Dataset``, ``PersistentDataset`` (deterministic transforms cached on disk) and ``CacheDataset``
+  (``cache_rate=1.0``, in RAM), each in a ``DataLoader`` with as many workers as cores, the crop
+  (``RandSpatialCropSamplesd``) and flips (``RandFlipd``) after the cache.
 
-Each is warmed up with one full pass (Ray start-up and worker spawn are not timed), then timed over
-``--repeats`` passes (new crops each pass), interleaved a, b, c so that load from other processes
-hits all alike; the best pass counts. Prints the rates and the ratios to (c).
+For each: the first epoch (caches are built then) and the median of the later ones, in patches/s, and the
+peak resident memory of all processes (this one, Ray's, the loader workers) above the idle baseline,
+sampled every 0.1 s. Also the decode-and-copy bandwidth of one core for the cache's Parquet files and how
+close the cache stream comes to it. The last line is a JSON summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import tempfile
+import threading
 import time
 
 import torch
 
 
-def monai_loader(root, roi, patches, workers, batch_size):
+def tree_rss_mb() -> float:
+    """Resident memory of this process and all its descendants (Ray's processes, loader workers), MB."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+class PeakRSS:
+    """The largest :func:`tree_rss_mb` seen while the block runs."""
+
+    def __enter__(self):
+        self.peak, self._stop = tree_rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, tree_rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def monai_loader(kind: str, items: list[dict], roi, patches: int, workers: int, batch_size: int, cache_dir: str):
     import monai.transforms as mt
-    from monai.data import DataLoader, Dataset, list_data_collate
+    from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
 
     from rayssl.data.recipes import RECIPES
 
     r = RECIPES["ct_btcv"]
     keys = ["image", "label"]
-    transform = mt.Compose([
-        mt.LoadImaged(keys, image_only=True),
-        mt.EnsureChannelFirstd(keys),
-        mt.Orientationd(keys, axcodes="RAS"),
+    deterministic = [
+        mt.LoadImaged(keys, image_only=True), mt.EnsureChannelFirstd(keys), mt.Orientationd(keys, axcodes="RAS"),
         mt.Spacingd(keys, pixdim=r.spacing, mode=("bilinear", "nearest")),
         mt.ScaleIntensityRanged("image", a_min=r.window[0], a_max=r.window[1], b_min=0.0, b_max=1.0, clip=True),
         mt.CropForegroundd(keys, source_key="image", allow_smaller=True),
-        mt.RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=patches, random_size=False),
-    ])  # fmt: skip
-    from rayssl.config import DataConfig
-    from rayssl.data.sources import resolve_source
-
-    cases = resolve_source(DataConfig(source=f"msd:{root}")).cases
-    items = [{"image": c.image[0], "label": c.label} for c in cases if c.split == "train"]
-    ds = Dataset(items, transform)
-    # each item yields `patches` crops; list_data_collate flattens them into one batch
-    per_item = max(1, batch_size // patches)
+    ]
+    random = [mt.RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=patches, random_size=False),
+              *[mt.RandFlipd(keys, prob=0.2, spatial_axis=a) for a in range(3)]]
+    transform = mt.Compose(deterministic + random)
+    if kind == "Dataset":
+        ds = Dataset(items, transform)
+    elif kind == "PersistentDataset":
+        ds = PersistentDataset(items, transform, cache_dir=cache_dir)
+    else:
+        ds = CacheDataset(items, transform, cache_rate=1.0, num_workers=workers, progress=False)
     # forkserver: forking this process once Ray's threads run can deadlock a worker's queue
-    loader = DataLoader(ds, batch_size=per_item, shuffle=True, num_workers=workers, collate_fn=list_data_collate,
-                        persistent_workers=workers > 0, multiprocessing_context="forkserver" if workers > 0 else None)
-    return loader, len(items) * patches
+    return DataLoader(ds, batch_size=max(1, batch_size // patches), shuffle=True, num_workers=workers,
+                      collate_fn=list_data_collate, persistent_workers=workers > 0,
+                      multiprocessing_context="forkserver" if workers > 0 else None)
 
 
 def consume(batches) -> int:
@@ -69,30 +102,47 @@ def consume(batches) -> int:
     return n
 
 
-def measure(producers: dict, repeats: int) -> dict:
-    """Best patches/s per producer; passes are interleaved so machine load hits all alike."""
-    for make in producers.values():
-        consume(make(0))  # warm-up pass: worker processes, imports, file cache
-    rates = {name: [] for name in producers}
-    counts = {}
-    for rep in range(repeats):
-        for name, make in producers.items():
+def run(make_epoch, epochs: int) -> dict:
+    """Patches/s of the first epoch and the median of the later ones, and the peak memory."""
+    base = tree_rss_mb()
+    times, n = [], 0
+    with PeakRSS() as rss:
+        for epoch in range(epochs):
             t0 = time.perf_counter()
-            counts[name] = consume(make(rep + 1))
-            rates[name].append(counts[name] / (time.perf_counter() - t0))
-    return {name: (max(r), counts[name]) for name, r in rates.items()}
+            n = consume(make_epoch(epoch))
+            times.append(time.perf_counter() - t0)
+    return {"first_epoch": n / times[0], "later_epochs": n / statistics.median(times[1:]), "patches": n,
+            "peak_rss_mb": rss.peak - base}
 
 
-def main():
+def parquet_bandwidth(cache: str) -> float:
+    """MB/s one core decodes the cache's Parquet files into numpy volumes (what bounds the cache stream)."""
+    import glob
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pa.set_cpu_count(1)
+    files = sorted(glob.glob(os.path.join(cache, "train", "*.parquet")))
+    t0, nbytes = time.perf_counter(), 0
+    for f in files:
+        table = pq.read_table(f, columns=["image"], use_threads=False)
+        for chunk in table.column("image").chunks:
+            arr = chunk.to_numpy_ndarray() if hasattr(chunk, "to_numpy_ndarray") else np.asarray(chunk.to_pylist())
+            nbytes += arr.nbytes
+    return nbytes / 2**20 / (time.perf_counter() - t0)
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=16)
     p.add_argument("--roi", type=int, nargs=3, default=[48, 48, 48])
     p.add_argument("--patches", type=int, default=8, help="random crops per volume")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--workdir", default=None, help="where phantoms and the cache go, kept "
-                   "(default: a temporary directory removed at the end)")
-    args = p.parse_args()
+    p.add_argument("--epochs", type=int, default=3, help="the first, then the later ones (median)")
+    p.add_argument("--workdir", default=None, help="where phantoms and caches go, kept (default: a temporary folder)")
+    args = p.parse_args(argv)
     if args.workdir:
         run_benchmark(args, args.workdir)
     else:
@@ -109,42 +159,75 @@ def run_benchmark(args: argparse.Namespace, work: str) -> None:
     from rayssl.config import DataConfig, PrepareConfig
     from rayssl.data.crops import epoch_batches
     from rayssl.data.pipeline import prepare, train_volumes
+    from rayssl.data.sources import resolve_source
     from rayssl.data.synthetic import make_ct_phantoms
 
     root = make_ct_phantoms(os.path.join(work, "ct"), n=args.cases, seed=0)
-    # the train split of the default 5-fold split: all three read exactly these cases
     data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=tuple(args.roi), patches_per_volume=args.patches,
-                      sampling="random", splits=["train"])
-    print(f"{args.cases} CT phantoms (train split) in {root}, roi {tuple(args.roi)}, {args.patches} crops/volume, {cores} cores")
-
+                      sampling="random", flip_prob=0.2, splits=["train"])
+    items = [{"image": c.image[0], "label": c.label} for c in resolve_source(data).split("train")]
+    print(f"{len(items)} CT phantoms (train split), roi {tuple(args.roi)}, {args.patches} crops/volume, "
+          f"{args.epochs} epochs, {cores} cores", flush=True)
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)  # not timed
     ray.data.DataContext.get_current().enable_progress_bars = False
-    t0 = time.perf_counter()
     cache = prepare(PrepareConfig(data=data, out=os.path.join(work, "cache"), rows_per_file=4))
-    prepare_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    kept = train_volumes(data, ["image"])  # preprocessed once into the object store
-    kept_s = time.perf_counter() - t0
-    loader, n_expected = monai_loader(root, tuple(args.roi), args.patches, cores, args.batch_size)
-    streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])
-    cached = train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"])
 
-    def crops(ds):
-        return lambda epoch: epoch_batches(ds.iter_rows(), data, epoch, args.batch_size, ["image"])
+    def crops(make_ds):
+        holder = {}
 
-    res = measure({"a": crops(streamed), "o": crops(kept), "b": crops(cached), "c": lambda epoch: loader}, args.repeats)
-    assert all(n == n_expected for _, n in res.values()), (res, n_expected)
-    rate = {k: r for k, (r, _) in res.items()}
-    print(f"(a) Ray Data from NIfTI, every pass:   {rate['a']:8.1f} patches/s")
-    print(f"(o) volumes kept in the object store:  {rate['o']:8.1f} patches/s (preprocessing once: {kept_s:.1f} s)")
-    print(f"(b) Parquet cache of volumes:          {rate['b']:8.1f} patches/s (prepare: {prepare_s:.1f} s)")
-    print(f"(c) MONAI Dataset + DataLoader:        {rate['c']:8.1f} patches/s ({cores} workers)")
-    print(f"    {n_expected} patches per pass, new crops every pass, best of {args.repeats} interleaved passes "
-          "after one warm-up pass each")
-    print(f"(a)/(c) = {rate['a'] / rate['c']:.2f}  (target >= 1.0)")
-    print(f"(o)/(c) = {rate['o'] / rate['c']:.2f}")
-    print(f"(b)/(c) = {rate['b'] / rate['c']:.2f}  (target >= 3.0)")
+        def epoch(e):
+            if "ds" not in holder:  # built in the first epoch: its preprocessing counts there
+                holder["ds"] = make_ds()
+            return epoch_batches(holder["ds"].iter_rows(), data, e, args.batch_size, ["image"])
+
+        return epoch
+
+    results = {}
+    producers = {
+        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])),
+        "rayssl kept": crops(lambda: train_volumes(data, ["image"])),
+        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"])),
+    }
+    for name, make in producers.items():
+        results[name] = run(make, args.epochs)
+        print(f"  {name:<22} {results[name]}", flush=True)
+    for kind in ("Dataset", "PersistentDataset", "CacheDataset"):
+        holder = {}
+
+        def epoch(e, kind=kind, holder=holder):
+            if "loader" not in holder:
+                holder["loader"] = monai_loader(kind, items, tuple(args.roi), args.patches, cores, args.batch_size,
+                                                os.path.join(work, "persistent"))
+            return holder["loader"]
+
+        results[f"MONAI {kind}"] = run(epoch, args.epochs)
+        print(f"  MONAI {kind:<16} {results[f'MONAI {kind}']}", flush=True)
+        holder.clear()
+    bandwidth = parquet_bandwidth(cache)
+    volume_mb = sum(os.path.getsize(os.path.join(cache, "train", f)) for f in os.listdir(os.path.join(cache, "train")))
     ray.shutdown()
+
+    def ratio(a, b, key="later_epochs"):
+        return results[a][key] / results[b][key]
+
+    print(f"\n{'':<24} {'epoch 1':>10} {'later':>10} {'peak RSS':>10}   (patches/s; MB above idle)")
+    for name, r in results.items():
+        print(f"{name:<24} {r['first_epoch']:>10.1f} {r['later_epochs']:>10.1f} {r['peak_rss_mb']:>10.0f}")
+    summary = {
+        "cached_vs_persistent_later": ratio("rayssl cache", "MONAI PersistentDataset"),
+        "cached_vs_cachedataset_later": ratio("rayssl cache", "MONAI CacheDataset"),
+        "cached_vs_cachedataset_memory": results["rayssl cache"]["peak_rss_mb"] / max(1.0, results["MONAI CacheDataset"]["peak_rss_mb"]),
+        "nifti_vs_dataset_later": ratio("rayssl from NIfTI", "MONAI Dataset"),
+        "kept_vs_cachedataset_later": ratio("rayssl kept", "MONAI CacheDataset"),
+        "parquet_decode_mb_per_s_one_core": bandwidth,
+        "cache_files_mb": volume_mb / 2**20,
+    }
+    print(f"rayssl cache / PersistentDataset (later epochs) = {summary['cached_vs_persistent_later']:.2f} (target >= 1.5)")
+    print(f"rayssl cache / CacheDataset (later epochs) = {summary['cached_vs_cachedataset_later']:.2f} (target >= 1.0), "
+          f"memory {summary['cached_vs_cachedataset_memory']:.2f}x (target < 0.5)")
+    print(f"rayssl from NIfTI / Dataset (later epochs) = {summary['nifti_vs_dataset_later']:.2f} (target >= 1.0)")
+    print(f"one core decodes the Parquet cache at {bandwidth:.0f} MB/s")
+    print(json.dumps({"results": results, "summary": summary}))
 
 
 if __name__ == "__main__":
