@@ -49,6 +49,7 @@ class DataConfig(Strict):
     roi: tuple[int, ...] = (96, 96, 96)
     """Patch (sub-volume) shape: 3 ints for volumes, 2 for images."""
     patches_per_volume: int = Field(4, ge=1)
+    """New random crops of each case per epoch."""
     sampling: Literal["random", "balanced", "classes", "genesis", "tissue", "grid"] = "random"
     """``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
     prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT without lungs such
@@ -74,6 +75,7 @@ class DataConfig(Strict):
     axis, shrunk on an axis too short for it; ``None``: none. ``genesis_chest_ct`` and ``genesis_ct``
     use the reference's ``[100, 100, 30]`` (``len_border``, ``len_border_z``, at LUNA16's native spacing)."""
     grid_overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    """``grid`` sampling: overlap of neighbouring tiles."""
     flip_prob: float = Field(0.0, ge=0.0, le=1.0)
     """Flip each training crop along each spatial axis (2D: the horizontal axis) with this probability;
     drawn anew every epoch with the crop (SelfMedMAE's 3D MAE pre-training: 0.2)."""
@@ -84,6 +86,7 @@ class DataConfig(Strict):
     splits: list[Literal["train", "val", "test"]] = ["train"]
     """Which splits to emit patches for."""
     folds: int = Field(5, ge=2)
+    """Folds of the seeded k-fold split by subject (sources without their own split lists)."""
     val_fold: int | Literal["all"] = 0
     """The fold that validates; ``all`` (fine-tuning): cross-validation, one run per fold (see ``finetune``)."""
     test_fold: int | None = None
@@ -92,7 +95,9 @@ class DataConfig(Strict):
     """Keep only this many training cases, a subset drawn with ``subset_seed`` (e.g. the labelled cases
     of a label-efficiency study); the other training cases are left out of the run. ``None``: all."""
     subset_seed: int = 0
+    """Seed of the ``train_cases`` subset."""
     seed: int = 0
+    """Seed of the k-fold split and of every case's crops (with the case and the epoch)."""
     strict: bool = False
     """Turn any quarantined input into an error."""
     channels: int | None = Field(None, ge=1)
@@ -103,6 +108,7 @@ class DataConfig(Strict):
     source's folder (``..``, absolute paths, other URIs). Off: they are quarantined as ``outside the dataset
     root`` before anything reads them."""
     patch_dtype: Literal["float32", "float16"] = "float32"
+    """dtype of the preprocessed volumes (float16 halves memory and cache size)."""
     cache_dir: str | None = None
     """Preprocessed volumes written by ``prepare_data`` (Parquet); when set, training crops from them."""
     synthetic_dir: str | None = None
@@ -303,57 +309,88 @@ class ModelConfig(Strict):
     """The network: a masked autoencoder (2D/3D ViT) or the Models Genesis U-Net."""
 
     method: Literal["mae", "genesis"] = "mae"
+    """``mae`` (masked autoencoder, ViT) or ``genesis`` (Models Genesis U-Net)."""
     size: Literal["tiny", "small", "base", "large"] = "base"
     """ViT encoder size (tiny/small/base/large)."""
     patch_size: int = Field(16, ge=2)
+    """ViT patch side in voxels (16 in the paper); data.roi must be a multiple."""
     decoder_embed_dim: int = Field(384, ge=6)
+    """MAE decoder width (384 in SelfMedMAE's 3D configs)."""
     decoder_depth: int = Field(8, ge=1)
+    """MAE decoder blocks."""
     decoder_num_heads: int = Field(12, ge=1)
+    """MAE decoder attention heads."""
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    """Fraction of patches the MAE masks."""
     norm_pix_loss: bool = False
+    """Regress each masked patch normalised by its own mean and variance (SelfMedMAE always does)."""
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    """Encoder stochastic depth during pre-training."""
     unet_base_channels: int = Field(32, ge=1)
+    """Genesis U-Net width of the first convolution (32 in the paper)."""
     unet_norm: Literal["batch", "instance", "group"] = "batch"
+    """Genesis U-Net normalisation (the paper: batch, with batch statistics in eval too)."""
 
 
 class CorruptionConfig(Strict):
     """Models Genesis corruption probabilities (paper defaults), drawn on the training worker."""
 
     flip_prob: float = Field(0.4, ge=0.0, le=1.0)
+    """Probability of each of up to three flips."""
     shuffle_prob: float = Field(0.5, ge=0.0, le=1.0)
+    """Probability of local pixel shuffling."""
     nonlinear_prob: float = Field(0.9, ge=0.0, le=1.0)
+    """Probability of the non-linear (Bezier) intensity transform."""
     paint_prob: float = Field(0.9, ge=0.0, le=1.0)
+    """Probability of in- or out-painting."""
     inpaint_rate: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of the painting that is in-painting (the rest is out-painting)."""
 
 
 class OptimConfig(Strict):
     """Optimiser and schedule. ``lr = base_lr * total_batch / 256`` unless ``lr`` is given."""
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    """torch optimiser (Models Genesis: SGD)."""
     base_lr: float = Field(1.5e-4, gt=0)
+    """Learning rate per 256 samples of total batch (the MAE scaling rule)."""
     lr: float | None = Field(None, gt=0)
+    """Peak learning rate; overrides ``base_lr``."""
     min_lr: float = Field(0.0, ge=0)
+    """Floor of the cosine schedule."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (MAE / SelfMedMAE: 0.9, 0.95)."""
     momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
     weight_decay: float = Field(0.05, ge=0)
+    """AdamW weight decay of weight matrices."""
     schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning-rate schedule after the warm-up."""
     warmup_epochs: float = Field(1.0, ge=0)
+    """Linear warm-up, in epochs."""
     step_epochs: int = Field(10, ge=1)
     """``step`` schedule: halve the lr every this many epochs (Models Genesis)."""
     step_gamma: float = Field(0.5, gt=0, le=1)
+    """``step`` schedule: the factor every ``step_epochs``."""
     grad_clip: float | None = Field(None, gt=0)
+    """Clip the gradient norm to this (``None``: no clipping)."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimiser step."""
 
 
 class ScaleConfig(Strict):
     """Ray Train workers and DeepSpeed. ``num_workers`` may be ``[min, max]`` for elastic runs."""
 
     num_workers: int | tuple[int, int] = 1
+    """Ray Train workers, or ``[min, max]`` to train elastically."""
     use_gpu: bool | None = None
     """``None``: use GPUs if the cluster has any."""
     cpus_per_worker: float = Field(1.0, gt=0)
+    """CPUs each worker reserves (and torch threads it uses)."""
     gpus_per_worker: float = Field(1.0, ge=0)
+    """GPUs each worker reserves when training on GPUs."""
     zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage (0-3)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU."""
 
@@ -377,8 +414,11 @@ class RunConfig(Strict):
     checkpoint_every: int = Field(100, ge=1)
     """Checkpoint every this many optimiser steps (and at the end)."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Checkpoints kept (the newest)."""
     max_failures: int = Field(2, ge=0)
+    """Restarts from the last checkpoint after a worker or node failure."""
     log_every: int = Field(10, ge=1)
+    """Report the loss every this many optimiser steps."""
     preview_every: int = Field(5, ge=0)
     """Write reconstruction previews every this many epochs (0: only at the end)."""
 
@@ -387,6 +427,7 @@ class PretrainConfig(Strict):
     """``jobs/pretrain.py``: self pre-training with MAE or Models Genesis."""
 
     preset: str | None = None
+    """The preset the config started from (set by ``--preset``)."""
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     corruption: CorruptionConfig = CorruptionConfig()
@@ -394,9 +435,11 @@ class PretrainConfig(Strict):
     scale: ScaleConfig = ScaleConfig()
     run: RunConfig = RunConfig()
     epochs: int = Field(100, ge=1)
+    """Passes over the training cases, each with new crops."""
     batch_size: int = Field(4, ge=1)
     """Per-worker micro-batch."""
     seed: int = 0
+    """Seed of the initial weights and of the workers' random draws."""
     max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimiser steps (for smoke tests); ``None``: run all epochs."""
 
@@ -469,6 +512,7 @@ class FinetuneConfig(Strict):
     """``jobs/finetune.py``: fine-tune a pre-trained (or scratch) network and evaluate it."""
 
     preset: str | None = None
+    """The preset the config started from (set by ``--preset``)."""
     pretrained: str = "none"
     """``none`` (from scratch), an exported ``.safetensors`` or a pre-training run directory."""
     data: DataConfig = DataConfig()
@@ -482,8 +526,10 @@ class FinetuneConfig(Strict):
     augment: bool = True
     """Flips / rot90 / intensity (3D) or RandAugment (2D), the papers' fine-tuning augmentation."""
     epochs: int = Field(100, ge=1)
+    """Passes over the training cases, each with new crops."""
     batch_size: int = Field(2, ge=1)
     seed: int = 0
+    """Seed of the initial weights and of the workers' random draws."""
     max_steps: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -574,6 +620,7 @@ class SweepConfig(Strict):
     """
 
     preset: str | None = None
+    """The preset the config started from (set by ``--preset``)."""
     task: str = "tiny"
     """Downstream task name: labels the leaderboard."""
     finetune_preset: str = "tiny"
