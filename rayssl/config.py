@@ -421,6 +421,9 @@ class RunConfig(Strict):
     """Report the loss every this many optimiser steps."""
     preview_every: int = Field(5, ge=0)
     """Write reconstruction previews every this many epochs (0: only at the end)."""
+    tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    """Log the config, every metric line and the artifacts to TensorBoard, MLflow (``MLFLOW_TRACKING_URI``, else
+    ``mlruns/`` in the run directory) or W&B (offline unless ``WANDB_MODE`` is set); optional extras."""
 
 
 class PretrainConfig(Strict):
@@ -657,6 +660,10 @@ class SweepConfig(Strict):
     name: str | None = None
     """Sweep name; re-running with the same name resumes the sweep."""
     storage_path: str = "runs/tune"
+    """Where sweeps live (local folder or shared storage)."""
+    tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
+    """Log every trial through Ray Tune's logger callbacks (MLflow: one parent run for the sweep with a nested
+    run per trial; W&B: one group) and the leaderboards as the sweep's artifacts."""
 
     @model_validator(mode="after")
     def _check_sweep(self) -> "SweepConfig":

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 FAKE_TRIAL = textwrap.dedent('''
     def fake_trial(params, sweep, sweep_dir):
@@ -150,3 +151,28 @@ def test_ctrl_c_stops_the_sweep_before_the_baseline_and_resumes(ray_session, tmp
     assert sweep.run_sweep(cfg, trainable=scope["fake_trial"]) == str(tmp_path / "ctrlc")
     assert baseline == [str(tmp_path / "ctrlc")] and (tmp_path / "ctrlc" / "leaderboard.csv").is_file()
     assert len(set((tmp_path / "starts.txt").read_text().split())) == 3 and time.time() - start < 300
+
+
+def test_an_mlflow_tracked_sweep_nests_a_run_per_trial_under_its_own(ray_session, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import rayssl.tune.sweep as sweep
+    from rayssl.config import SweepConfig, load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(SweepConfig, "tune", "tiny", overrides=[
+        "num_samples=2", "baseline=false", "name=tracked", f"storage_path={tmp_path}", "tracker=mlflow",
+        "space={lr: {low: 0.001, high: 0.01}}"])
+    scope: dict = {}
+    exec(FAKE_TRIAL.replace("len(set(starts)) == 2", "False"), scope)  # no driver to kill here
+    sweep_dir = Path(sweep.run_sweep(cfg, trainable=scope["fake_trial"]))
+    record = json.loads((sweep_dir / "tracker.json").read_text())
+    client = MlflowClient(record["mlflow_uri"])
+    parent = client.get_run(record["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.params["num_samples"] == "2"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.csv", "leaderboard.md"}
+    trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(trials) == 2
+    for trial in trials:
+        history = client.get_metric_history(trial.info.run_id, "val_metric")
+        assert len(history) >= 1 and "lr" in trial.data.params

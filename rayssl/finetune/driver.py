@@ -24,6 +24,7 @@ from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, case_dicts, load_eval_cases, task_spec
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles, provenance
+from rayssl.train.trackers import check_installed, track_artifacts
 from rayssl.train.checkpoint import read_safetensors
 from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir
 from rayssl.train.optim import effective_lr
@@ -66,6 +67,7 @@ def plan_finetune(cfg: FinetuneConfig) -> FinetunePlan:
     if not spec.classification and any(c.label is None for c in train + val + test):
         raise ValueError(f"data.source={cfg.data.source!r}: segmentation needs a label for every case")
     check_cases_per_worker(len(train), max_workers(cfg.scale), cfg.data.source)
+    check_installed(cfg.run.tracker)
     pretrained = resolve_pretrained(cfg.pretrained)
     report = load_pretrained(build_model(cfg, spec.channels, spec.num_classes), pretrained)
     total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
@@ -177,6 +179,11 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
     })
     files.write_json("result.json", summary)
     files.write_json("pretrained_load.json", _clean(report))
+    track_artifacts(cfg.run.tracker, files, plan.run.name, ["result.json", "config.json", "metrics.csv",
+                                                              "pretrained_load.json", BEST_FILE, "cases_val.csv",
+                                                              "cases_test.csv", *sorted(
+                                                                  p.relative_to(files.local).as_posix()
+                                                                  for p in files.local.glob("overlays/*.png"))])
     files.sync()
     log.info(json.dumps({"val_" + spec.metric: summary["val"].get(spec.metric),
                          "test_" + spec.metric: summary["test"].get(spec.metric), "pretrained": report["source"] or "none"}))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import ray.train
@@ -70,7 +69,7 @@ def train_loop_per_worker(config: dict) -> None:
         deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, ctx.precision, model),
         state, ctx.world, plan.run.path, on_checkpoint=read_best,
     )
-    ctx.resumed(state, resumed)
+    ctx.resumed(state, resumed, cfg.run.tracker, plan.run.name, config["cfg"])
 
     val_cases = (load_eval_cases(plan.val_cases, cfg, plan.recipe, spec.channels, source_labels=not spec.classification)
                  if ctx.rank == 0 else [])
@@ -108,8 +107,8 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.update(epoch=state.epoch, step=state.step, train_loss=train_loss, lr=engine.get_lr()[0],
                        best_val_metric=state.best_metric, best_epoch=state.best_epoch,
                        samples_per_s=samples_per_s, world_size=ctx.world, resumes=state.resumes)
+        ctx.log_metrics(metrics)
         if ctx.files:
-            ctx.files.log_metrics({"time": time.time(), **metrics})
             log.info("epoch %d step %d/%d loss %.4f val %.4f (best %.4f at epoch %s)", state.epoch, state.step, steps,
                      train_loss, value, state.best_metric if state.best_metric is not None else float("nan"),
                      state.best_epoch)
@@ -133,3 +132,4 @@ def train_loop_per_worker(config: dict) -> None:
                  world=ctx.world, step=step, window=window, after_epoch=after_epoch)
     if validated_at[0] != state.step:  # stopped by max_steps inside an epoch
         validate_and_report()
+    ctx.close()

@@ -13,6 +13,7 @@ from rayssl.data.sources import Source
 from rayssl.pretrain.loop import train_loop_per_worker
 from rayssl.pretrain.methods import export_meta, export_state
 from rayssl.train.artifacts import RunFiles, provenance
+from rayssl.train.trackers import check_installed, track_artifacts
 from rayssl.train.checkpoint import load_weights, save_export
 from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir
 from rayssl.train.optim import effective_lr
@@ -55,6 +56,7 @@ def plan_pretrain(cfg: PretrainConfig) -> PretrainPlan:
             raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
         recipe = resolve_recipe(cfg.data, source)
     check_cases_per_worker(num_cases, max_workers(cfg.scale), cfg.data.source)
+    check_installed(cfg.run.tracker)
     if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
         check_genesis_recipe(recipe)
     total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
@@ -125,6 +127,10 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
         "provenance": provenance(),
     }
     files.write_json("result.json", summary)
+    track_artifacts(cfg.run.tracker, files, plan.run.name, ["result.json", "config.json", "metrics.csv",
+                                                              f"export/{weights_path.name}", f"export/{name_out}.json",
+                                                              *sorted(p.relative_to(files.local).as_posix()
+                                                                      for p in files.local.glob("previews/*.png"))])
     files.sync()
     log.info(json.dumps({k: summary[k] for k in ("final_loss", "steps", "samples_per_s", "weights")}))
     return plan.run.path

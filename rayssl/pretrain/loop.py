@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 
 import ray.train
 import torch
@@ -49,7 +48,7 @@ def train_loop_per_worker(config: dict) -> None:
         ctx.world,
         plan.run.path,
     )
-    ctx.resumed(state, resumed)
+    ctx.resumed(state, resumed, cfg.run.tracker, plan.run.name, config["cfg"])
     if ctx.files:
         log.info("%s engine built on %s (%s, ZeRO-%d); training", cfg.model.method, ctx.device, ctx.precision,
                  cfg.scale.zero_stage)
@@ -78,8 +77,8 @@ def train_loop_per_worker(config: dict) -> None:
             **{f"peak_mem_mb_rank{i}": m for i, m in enumerate(mems)},
         }
         last_loss[0] = metrics["loss"]
+        ctx.log_metrics(metrics)
         if ctx.files:
-            ctx.files.log_metrics({"time": time.time(), **metrics})
             log.info("epoch %d step %d/%d loss %.5f lr %.2e %.1f samples/s mem %.0f MB", state.epoch, state.step,
                      steps, metrics["loss"], metrics["lr"], metrics["samples_per_s"], max(mems))
         if with_checkpoint:
@@ -120,3 +119,4 @@ def train_loop_per_worker(config: dict) -> None:
                  after_epoch=after_epoch)
     preview("final")
     report(with_checkpoint=True)
+    ctx.close()

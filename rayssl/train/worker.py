@@ -20,6 +20,7 @@ from rayssl.data.crops import epoch_batches
 from rayssl.logs import configure_logging
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.engine import resolve_precision
+from rayssl.train.trackers import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,16 @@ class TrainState:
                 setattr(self, f.name, saved[f.name])
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerContext:
-    """This worker's rank, world size, device and precision, and the run's files on rank 0."""
+    """This worker's rank, world size, device and precision, and the run's files and tracker on rank 0."""
 
     rank: int
     world: int
     device: torch.device
     precision: str
     files: RunFiles | None
+    tracker: Tracker | None = None
 
     @classmethod
     def current(cls, run_dir: str, scale: ScaleConfig) -> "WorkerContext":
@@ -75,13 +77,26 @@ class WorkerContext:
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
-    def resumed(self, state: TrainState, how: str | None) -> None:
-        """After the engine is built: say where the run resumed, and keep only the metric lines logged
-        up to that checkpoint's step (the steps after it are trained, and logged, again)."""
+    def resumed(self, state: TrainState, how: str | None, tracker: str = "none", name: str = "",
+                params: dict | None = None) -> None:
+        """After the engine is built: say where the run resumed, keep only the metric lines logged up to that
+        checkpoint's step (the steps after it are trained, and logged, again), and open the tracker on rank 0."""
         if self.files:
             self.files.keep_metrics_until(state.step)
             if how:
                 log.info("resumed at epoch %d step %d (%s)", state.epoch, state.step, how)
+            self.tracker = Tracker(tracker, self.files.local, name, params, resume=how is not None)
+
+    def log_metrics(self, metrics: dict) -> None:
+        """One metric line: ``metrics.jsonl`` (with the time) and the tracker, on rank 0."""
+        if self.files:
+            self.files.log_metrics({"time": time.time(), **metrics})
+            if self.tracker:
+                self.tracker.log(metrics, int(metrics.get("step", 0)))
+
+    def close(self) -> None:
+        if self.tracker:
+            self.tracker.close(finished=False)  # the driver adds the artifacts and ends the tracked run
 
     def seed(self, seed: int, step: int) -> int:
         """A seed per run seed, rank and optimiser step (a resume draws new numbers, not the first ones again)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from rayssl.config import FinetuneConfig, PretrainConfig, SweepConfig, dump_config
 from rayssl.search_space import PARAMS, check_methods
 from rayssl.train.launch import init_ray, max_workers
+from rayssl.train.trackers import Tracker, check_installed
 from rayssl.tune.layout import BASELINE_DIR, SWEEP_FILE, store_root
 from rayssl.tune.space import build_search_space, default_params, trial_configs
 from rayssl.tune.trial import tune_trial
@@ -115,6 +116,7 @@ def plan_sweep(cfg: SweepConfig) -> SweepPlan:
     """
     pre, ft = trial_configs(cfg, {})
     check_methods(cfg.space, pre.model.method if pre is not None else None)
+    check_installed(cfg.tracker)
     for name, rng in cfg.space.items():  # both ends of every range give valid configs
         for value in (rng.low, rng.high):
             trial_configs(cfg, {name: value})
@@ -153,7 +155,31 @@ def _check_same(saved: dict, cfg: SweepConfig, sweep_dir: str) -> None:
                          "resume with the same settings or choose another name")
 
 
-def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent: int = 1, max_t: int = 1):
+def tracker_callbacks(cfg: SweepConfig, sweep_dir: str, parent) -> list:
+    """Ray Tune's logger callbacks for ``cfg.tracker``: a nested MLflow run per trial under the sweep's
+    ``parent`` run, a W&B group per sweep (offline unless ``WANDB_MODE`` is set), TensorBoard event files."""
+    if cfg.tracker == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        return [MLflowLoggerCallback(tracking_uri=parent.uri, experiment_name="rayssl",
+                                     tags={"mlflow.parentRunId": parent.run_id}, save_artifact=False)]
+    if cfg.tracker == "wandb":
+        import os
+
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        return [WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "rayssl"), group=Path(sweep_dir).name,
+                                    mode=os.environ["WANDB_MODE"])]
+    if cfg.tracker == "tensorboard":
+        from ray.tune.logger import TBXLoggerCallback
+
+        return [TBXLoggerCallback()]
+    return []
+
+
+def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent: int = 1, max_t: int = 1,
+                callbacks: list | None = None):
     """A new Tuner, or the restored one when ``sweep_dir`` holds a Tune experiment.
 
     Args:
@@ -184,7 +210,7 @@ def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent
             num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                                  callbacks=[_release_callback(cfg.trial_cpus)]),
+                                  callbacks=[_release_callback(cfg.trial_cpus), *(callbacks or [])]),
     )
 
 
@@ -233,7 +259,9 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     lock = store_lock(str(PretrainStore(store_root(cfg.store, sweep_dir)).root)) if plan.pretrain is not None else None
     log.info("sweep %s: %d trials, %d at a time, searching %s; ASHA rungs up to epoch %d; dir %s", cfg.task,
              cfg.num_samples, limit, ", ".join(cfg.space), plan.max_t, sweep_dir)
-    tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan.max_t)
+    parent = Tracker(cfg.tracker, sweep_dir, Path(sweep_dir).name, dump_config(cfg),
+                     resume=(Path(sweep_dir) / "tracker.json").is_file()) if cfg.tracker != "none" else None
+    tuner = build_tuner(cfg, sweep_dir, trainable, limit, plan.max_t, tracker_callbacks(cfg, sweep_dir, parent))
     results = tuner.fit()  # a first Ctrl+C makes Tune save its state and return
     del lock
     finished = results.num_terminated + results.num_errors
@@ -244,4 +272,7 @@ def run_sweep(cfg: SweepConfig, trainable=None) -> str:
     if cfg.baseline:
         run_baseline(cfg, sweep_dir)
     write_leaderboard(sweep_dir)
+    if parent is not None:
+        parent.artifacts([Path(sweep_dir) / f for f in ("leaderboard.csv", "leaderboard.md", "leaderboard.png", SWEEP_FILE)])
+        parent.close(finished=True)
     return sweep_dir

@@ -1,0 +1,148 @@
+"""Experiment tracking: TensorBoard, MLflow or Weights & Biases, chosen with ``run.tracker``.
+
+Rank 0 of a Ray Train run opens the tracker's run, logs the full config as parameters and every metric
+line at its step; the driver reopens the same run at the end to log the artifacts (previews, exported
+weights, ``result.json``). MLflow follows ``MLFLOW_TRACKING_URI`` and defaults to a file store in the run
+directory (``mlruns/``); W&B runs offline unless ``WANDB_MODE`` says otherwise (nodes may have no
+internet); TensorBoard writes event files to ``tensorboard/`` in the run directory. The libraries are
+optional extras (``pip install -e ".[mlflow]"``, ``.[tensorboard]``, ``.[wandb]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
+RECORD = "tracker.json"
+EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """``{"data": {"roi": [32, 32, 32]}}`` -> ``{"data.roi": "[32, 32, 32]"}`` (the trackers' parameters)."""
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = json.dumps(v) if not isinstance(v, str) else v
+    return out
+
+
+def check_installed(kind: str) -> None:
+    """Raise ``ValueError`` (before Ray starts) when ``run.tracker``'s library is not installed."""
+    if kind == "none":
+        return
+    import importlib.util
+
+    module = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}[kind]
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"run.tracker={kind} needs {module}: pip install -e \".[{EXTRAS[kind]}]\"")
+
+
+class Tracker:
+    """One tracked run. ``kind`` ``none`` does nothing."""
+
+    def __init__(self, kind: str, run_dir: str | Path, name: str, params: dict | None = None, resume: bool = False):
+        self.kind, self.run_dir, self.name = kind, Path(run_dir), name
+        self._handle = None
+        if kind == "none":
+            return
+        record = self.run_dir / RECORD
+        known = json.loads(record.read_text()) if record.is_file() else {}
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._handle = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            if params and not resume:
+                self._handle.add_text("config", "\n".join(f"    {k} = {v}" for k, v in flatten(params).items()))
+        elif kind == "mlflow":
+            import mlflow
+
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:  # a plain file store in the run directory (MLflow 3 asks for an explicit opt-in)
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+                uri = (self.run_dir / "mlruns").resolve().as_uri()
+            self.uri = uri
+            self._client = mlflow.MlflowClient(uri)
+            if "mlflow_run_id" in known:
+                self.run_id = known["mlflow_run_id"]
+            else:
+                exp = self._client.get_experiment_by_name("rayssl")
+                exp_id = exp.experiment_id if exp else self._client.create_experiment("rayssl")
+                tags = {"mlflow.runName": name}
+                if os.environ.get("RAYSSL_MLFLOW_PARENT"):
+                    tags["mlflow.parentRunId"] = os.environ["RAYSSL_MLFLOW_PARENT"]
+                self.run_id = self._client.create_run(exp_id, tags=tags).info.run_id
+                known.update(mlflow_run_id=self.run_id, mlflow_uri=uri)
+            if params and not resume:
+                from mlflow.entities import Param
+
+                items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+                for i in range(0, len(items), 100):
+                    self._client.log_batch(self.run_id, params=items[i:i + 100])
+            self._handle = self._client
+        else:
+            os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            run_id = known.get("wandb_run_id") or uuid.uuid4().hex[:8]
+            self._handle = wandb.init(project=os.environ.get("WANDB_PROJECT", "rayssl"), name=name, id=run_id,
+                                      dir=str(self.run_dir), config=params if not resume else None, resume="allow",
+                                      reinit="create_new")
+            known.update(wandb_run_id=run_id)
+        record.write_text(json.dumps(known, indent=1))
+
+    def log(self, metrics: dict, step: int) -> None:
+        """The numeric entries of one metric line at ``step``."""
+        numbers = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and k != "step"}
+        if self.kind == "tensorboard":
+            for k, v in numbers.items():
+                self._handle.add_scalar(k, v, step)
+        elif self.kind == "mlflow":
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self._client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in numbers.items()])
+        elif self.kind == "wandb":
+            self._handle.log(numbers, step=step)
+
+    def artifacts(self, paths: list[Path]) -> None:
+        """Files of the run (previews, weights, ``result.json``, leaderboards) into the tracked run."""
+        paths = [Path(p) for p in paths if Path(p).is_file()]
+        if self.kind == "mlflow":
+            for p in paths:
+                sub = p.parent.relative_to(self.run_dir).as_posix() if p.is_relative_to(self.run_dir) else None
+                self._client.log_artifact(self.run_id, str(p), None if sub in (None, ".") else sub)
+        elif self.kind == "wandb":
+            import wandb
+
+            art = wandb.Artifact(f"{self.name}-files".replace("/", "-"), type="run-files")
+            for p in paths:
+                art.add_file(str(p), name=p.relative_to(self.run_dir).as_posix() if p.is_relative_to(self.run_dir) else p.name)
+            self._handle.log_artifact(art)
+        elif self.kind == "tensorboard":
+            self._handle.add_text("artifacts", "\n".join(f"    {p}" for p in paths))
+
+    def close(self, finished: bool = True) -> None:
+        if self.kind == "tensorboard":
+            self._handle.close()
+        elif self.kind == "mlflow" and finished:
+            self._client.set_terminated(self.run_id)
+        elif self.kind == "wandb":
+            self._handle.finish()
+
+
+def track_artifacts(kind: str, files, name: str, relative: list[str]) -> None:
+    """On the driver, at the end of a run: its files into the run the workers tracked, and end that run."""
+    if kind == "none":
+        return
+    tracker = Tracker(kind, files.local, name, resume=True)
+    tracker.artifacts([files.local / r for r in relative])
+    tracker.close(finished=True)

@@ -1,0 +1,67 @@
+"""Experiment trackers with the real libraries: MLflow file store, TensorBoard event files, W&B offline files."""
+
+import json
+
+import pytest
+
+from rayssl.train.artifacts import RunFiles
+from rayssl.train.trackers import Tracker, check_installed, flatten, track_artifacts
+
+CONFIG = {"data": {"roi": [32, 32, 32], "source": "synthetic:ct:8"}, "epochs": 3, "optim": {"lr": 0.001}}
+LINES = [{"step": s, "loss": 1.0 / s, "lr": 1e-3, "world_size": 1, "note": "text is skipped"} for s in (1, 2, 3)]
+
+
+def _run(tmp_path, kind):
+    files = RunFiles(str(tmp_path / "run"))
+    (files.local / "result.json").write_text("{}")
+    tracker = Tracker(kind, files.local, "run", CONFIG)  # as the rank-0 worker opens it
+    for line in LINES:
+        tracker.log(line, line["step"])
+    tracker.close(finished=False)
+    track_artifacts(kind, files, "run", ["result.json"])  # the driver, at the end
+    return files.local
+
+
+def test_flatten_gives_dotted_parameters_and_a_missing_library_is_named(monkeypatch):
+    assert flatten(CONFIG) == {"data.roi": "[32, 32, 32]", "data.source": "synthetic:ct:8", "epochs": "3",
+                               "optim.lr": "0.001"}
+    import importlib.util
+
+    check_installed("none")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r'run.tracker=mlflow needs mlflow: pip install -e "\.\[mlflow\]"'):
+        check_installed("mlflow")
+
+
+def test_mlflow_file_store_holds_params_metric_history_and_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow import MlflowClient
+
+    run_dir = _run(tmp_path, "mlflow")
+    record = json.loads((run_dir / "tracker.json").read_text())
+    client = MlflowClient(record["mlflow_uri"])
+    run = client.get_run(record["mlflow_run_id"])
+    assert run.data.params["data.roi"] == "[32, 32, 32]" and run.data.params["optim.lr"] == "0.001"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert "note" not in run.data.metrics and run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["result.json"]
+
+
+def test_tensorboard_event_files_read_back(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = _run(tmp_path, "tensorboard")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(1, 1.0), (2, 0.5), (3, 0.333333)]
+    assert "lr" in events.Tags()["scalars"]
+
+
+def test_wandb_writes_offline_run_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run_dir = _run(tmp_path, "wandb")
+    record = json.loads((run_dir / "tracker.json").read_text())
+    offline = sorted((run_dir / "wandb").glob(f"offline-run-*-{record['wandb_run_id']}"))
+    assert offline, list((run_dir / "wandb").iterdir())
+    assert any(p.suffix == ".wandb" and p.stat().st_size > 0 for d in offline for p in d.iterdir())
