@@ -2,7 +2,6 @@
 MONAI, TorchScript), each built in-process from the library that defines it or from its documented key names."""
 
 import json
-import pathlib
 
 import pytest
 import torch
