@@ -149,10 +149,10 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(settings, indent=1))
 
-    from rayssl.train.launch import init_ray
     from rayssl.config import FinetuneConfig, PretrainConfig, load_config
     from rayssl.finetune.driver import finetune
     from rayssl.pretrain.driver import pretrain
+    from rayssl.train.launch import init_ray
 
     init_ray()
     import ray

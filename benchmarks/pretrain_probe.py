@@ -53,8 +53,8 @@ def main(argv=None) -> None:
     from rayssl.data.pipeline import resolve_recipe
     from rayssl.data.preprocess import load_case
     from rayssl.data.sources import resolve_source
-    from rayssl.train.checkpoint import load_weights
     from rayssl.pretrain.methods import build_model
+    from rayssl.train.checkpoint import load_weights
 
     run = Path(args.run_dir)
     cfg = PretrainConfig.model_validate(json.loads((run / "config.json").read_text()))

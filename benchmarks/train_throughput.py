@@ -34,9 +34,9 @@ import ray
 import torch
 
 from rayssl.config import PretrainConfig, load_config
+from rayssl.pretrain.driver import pretrain
 from rayssl.pretrain.methods import build_model
 from rayssl.train.optim import effective_lr, param_groups
-from rayssl.pretrain.driver import pretrain
 
 
 # decoder width, depth, heads per encoder size: the paper's 384 x 8 for ViT-B, lighter below
