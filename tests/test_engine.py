@@ -18,9 +18,11 @@ def one_rank_group(tmp_path_factory):
     # one group for the module: DeepSpeed caches its process groups, a second init would leave them stale
     mp = pytest.MonkeyPatch()
     mp.setenv("LOCAL_RANK", "0")  # what Ray Train sets in its workers
+    linear = torch.nn.functional.linear  # ZeRO-3 swaps in its own F.linear for the process: undo it after
     dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('pg') / 'pg'}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+    torch.nn.functional.linear = linear
     mp.undo()
 
 
