@@ -48,9 +48,11 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             found = re.search(r"GLOBAL (\S+)", str(e))
-            if not found and "Weights only load failed" not in str(e):
-                raise FormatError(f"{path}: not a readable PyTorch or safetensors file ({str(e).splitlines()[0]})") from None
-            raise FormatError(f"{path}: refused: besides tensors it holds {found.group(1) if found else 'Python objects'}, "
+            if not found:  # damaged or not a pickle at all
+                why = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line or
+                            line.strip().startswith("Unsupported")), str(e).splitlines()[0])
+                raise FormatError(f"{path}: not a readable PyTorch or safetensors file ({why})") from None
+            raise FormatError(f"{path}: refused: besides tensors it holds {found.group(1)}, "
                               "which unpickling would run; rayssl reads weights with torch.load(weights_only=True) "
                               "(re-save the state dict alone, or as .safetensors)") from None
         except (OSError, RuntimeError, EOFError, ValueError) as e:
