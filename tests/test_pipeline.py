@@ -135,15 +135,21 @@ def test_2d_images_carry_targets(ray_session, tmp_path):
         assert "label" not in r
 
 
-def test_strict_mode_raises_naming_every_bad_input(ray_session, bad_dataset, tmp_path):
+def test_strict_mode_fails_at_listing_then_names_every_bad_input(ray_session, bad_dataset, tmp_path):
     out = tmp_path / "cache"
-    with pytest.raises(QuarantineError) as err:
+    with pytest.raises(QuarantineError) as err:  # a listed file is missing: known before anything is read
         prepare(PrepareConfig(data=_data(bad_dataset, strict=True), out=str(out)))
+    assert "1 unusable input(s)" in str(err.value) and "missing.nii.gz: file not found" in str(err.value)
+    assert not out.exists()
+    listed = tmp_path / "listed"
+    shutil.copytree(bad_dataset, listed)
+    meta = json.loads((listed / "dataset.json").read_text())
+    meta["training"] = [t for t in meta["training"] if "missing" not in t["image"]]
+    (listed / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(QuarantineError) as err:  # the others show only when decoded: all named at the end
+        prepare(PrepareConfig(data=_data(listed, strict=True), out=str(out)))
     msg = str(err.value)
-    assert "3 unusable input(s)" in msg
-    for name in ("trunc.nii.gz", "nan.nii.gz", "missing.nii.gz"):
-        assert name in msg
-    assert "file not found" in msg and "NaN" in msg
+    assert "2 unusable input(s)" in msg and "trunc.nii.gz" in msg and "nan.nii.gz" in msg and "NaN" in msg
     assert not (out / "manifest.json").exists() and not (out / "train").exists()
 
 

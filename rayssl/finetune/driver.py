@@ -99,7 +99,8 @@ def _evaluate(model, cfg: FinetuneConfig, plan: FinetunePlan, split: str, files:
             if i < cfg.eval.overlays:
                 row = next(r for r in res["rows"] if r["case_id"] == case_id)
                 save_overlay(vol["image"], vol["label"], previews[case_id], files.path(f"overlays/{case_id}.png"),
-                             f"{case_id}: mean Dice {row['mean_dice']:.3f}")
+                             f"{case_id}: mean Dice {row['mean_dice']:.3f}",
+                             spec.class_names if spec.mode == "multiclass" else ("edema", "non-enhancing", "enhancing"))
     write_csv(res.pop("rows"), files.path(f"cases_{split}.csv"))
     res.pop("predictions", None)
     res.pop("previews", None)

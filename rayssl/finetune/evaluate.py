@@ -136,27 +136,38 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """PNG: the axial slice with most ground truth; image, ground truth and prediction overlaid."""
+def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: str | Path, title: str = "",
+                 class_names: list[str] | tuple[str, ...] = ()) -> Path:
+    """PNG: the axial slice with most ground truth; image, ground truth and prediction overlaid, with the
+    slice, the axes' directions and a legend of the classes' colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from rayssl.pretrain.preview import label_axes
 
     z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0))) if label.any() else label.shape[-1] // 2
     base = np.rot90(np.asarray(image)[0][:, :, z])
-    vmax = int(max(label.max(), pred.max(), 1))
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    vmax = max(int(max(label.max(), pred.max(), 1)), 9)
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.6))
     for ax, (name, lab) in zip(axes, (("image", None), ("ground truth", label), ("prediction", pred))):
         ax.imshow(base, cmap="gray", interpolation="nearest")
         if lab is not None:
-            ax.imshow(np.ma.masked_equal(np.rot90(lab[:, :, z]), 0), cmap="tab10", vmin=0, vmax=max(vmax, 9),
+            ax.imshow(np.ma.masked_equal(np.rot90(lab[:, :, z]), 0), cmap=cmap, vmin=0, vmax=vmax,
                       alpha=0.5, interpolation="nearest")
         ax.set_title(name, fontsize=9)
-        ax.set_axis_off()
+        label_axes(ax, z, label.shape[-1])
+    present = sorted(int(v) for v in np.union1d(np.unique(label), np.unique(pred)) if v > 0)
+    if present:
+        names = {k + 1: n for k, n in enumerate(class_names)}
+        fig.legend(handles=[Patch(color=cmap(v / vmax), alpha=0.6, label=names.get(v, f"class {v}")) for v in present],
+                   loc="lower center", ncol=min(len(present), 7), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -17,6 +17,16 @@ def middle_slice(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.rot90(a)  # RAS arrays: rotate so anterior is up, like a viewer
 
 
+def label_axes(ax, z: int | None = None, depth: int | None = None) -> None:
+    """Axis names of a slice shown with anterior up (RAS volumes: axial slice ``z`` of ``depth``), as a viewer."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("x: R -> L (patient left)" if depth is not None else "x", fontsize=7)
+    ax.set_ylabel("y: P -> A (anterior up)" if depth is not None else "y", fontsize=7)
+    if depth is not None:
+        ax.text(0.02, 0.98, f"axial z {z}/{depth}", transform=ax.transAxes, va="top", fontsize=7, color="yellow")
+
+
 def save_preview(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: str | Path, title: str = "") -> Path:
     """Save a grid with one row per sample and columns original / input / reconstruction.
 
@@ -38,10 +48,11 @@ def save_preview(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pa
     for r, images in enumerate(rows):
         slices = [middle_slice(image) for image in images]
         lo, hi = np.percentile(slices[0], [0.5, 99.5])  # one grey scale per row, set by the original
+        depth = images[0].shape[-1] if images[0].ndim == 4 else None  # [C, X, Y, Z]: an axial slice of Z
         for c, (image, name) in enumerate(zip(slices, ("original", "input", "reconstruction"))):
             ax = axes[r][c]
             ax.imshow(image, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
-            ax.set_axis_off()
+            label_axes(ax, None if depth is None else depth // 2, depth)
             if r == 0:
                 ax.set_title(name, fontsize=9)
     if title:

@@ -205,6 +205,7 @@ def plot_board(path: Path, task: str, metric: str, rows: list[dict], baseline: d
         if not any(r.get(param) is not None for r in rows):
             ax.text(0.5, 0.5, f"{label} not searched", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label)
+        ax.margins(x=0.12, y=0.15)  # markers (the large best star too) stay inside the axes
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"validation {metric}")
     axes[0].legend(fontsize=7)
