@@ -18,11 +18,12 @@ def middle_slice(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def label_axes(ax, z: int | None = None, depth: int | None = None) -> None:
-    """Axis names of a slice shown with anterior up (RAS volumes: axial slice ``z`` of ``depth``), as a viewer."""
+    """Axis names of a slice of a RAS volume shown with ``np.rot90`` (axial slice ``z`` of ``depth``): the patient's
+    right on the right of the image (neurological convention), anterior up."""
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel("x: R -> L (patient left)" if depth is not None else "x", fontsize=7)
-    ax.set_ylabel("y: P -> A (anterior up)" if depth is not None else "y", fontsize=7)
+    ax.set_xlabel("x: patient left -> right" if depth is not None else "x", fontsize=7)  # RAS, rot90: x to the right
+    ax.set_ylabel("y: posterior -> anterior" if depth is not None else "y", fontsize=7)
     if depth is not None:
         ax.text(0.02, 0.98, f"axial z {z}/{depth}", transform=ax.transAxes, va="top", fontsize=7, color="yellow")
 
