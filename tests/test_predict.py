@@ -56,3 +56,38 @@ def test_label_maps_of_classes_and_regions():
     r[0, 0, 0, 1:] = 0.8  # core in two voxels
     r[2, 0, 0, 2] = 0.7  # enhancing in one
     assert label_map(r, regions)[0, 0].tolist() == [1, 2, 3]
+
+
+def test_a_classifier_writes_predictions_csv(ray_session, tmp_path):
+    import csv
+    import json
+
+    from safetensors.torch import save_file
+
+    from rayssl.config import FinetuneConfig, PredictConfig, dump_config, load_config
+    from rayssl.data.synthetic import CXR_FINDINGS, make_cxr_phantoms
+    from rayssl.finetune.models import build_model
+    from rayssl.predict.driver import predict
+
+    root = make_cxr_phantoms(tmp_path / "cxr", n=6, seed=0, size=64)
+    cfg = load_config(FinetuneConfig, "finetune", "vit_cxr14", overrides=[
+        "data.roi=[32,32]", "model.size=tiny", "model.patch_size=8"])
+    torch.manual_seed(0)
+    net = build_model(cfg, 1, 14)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / "best.safetensors"))
+    (run / "result.json").write_text(json.dumps({"config": dump_config(cfg), "task": {
+        "mode": "multilabel", "num_classes": 14, "class_names": list(CXR_FINDINGS), "channels": 1, "recipe": "cxr",
+        "spacing": None}}))
+    out = tmp_path / "out"
+    pcfg = load_config(PredictConfig, "predict", overrides=["tta=flip"])
+    pcfg.model, pcfg.input, pcfg.out = [str(run)], f"cxr14:{root}", str(out)
+    predict(pcfg)
+    with (out / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and list(rows[0])[2:] == list(CXR_FINDINGS)
+    assert all(0.0 <= float(r[name]) <= 1.0 for r in rows for name in CXR_FINDINGS)
+    predict(pcfg)  # resume: every image is in predictions.csv already
+    with (out / "predictions.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 6
