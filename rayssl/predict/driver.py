@@ -103,9 +103,11 @@ class Predictor:
         row = {"case_id": case.case_id, "input": ";".join(case.image), "output": "", "status": "done", "reason": ""}
         try:
             volume = load_case(case, self.data.recipe, self.data.spacing, image_size_2d(self.data), self.data.channels)
-            if self.spec.classification:
-                row["probs"] = json.dumps(classify_probabilities(self.networks, volume["image"], self.cfg.tta,
-                                                                 self.device).tolist())
+            if self.spec.classification:  # the image as fine-tuning evaluated it: centre-cropped to the ROI
+                from rayssl.finetune.evaluate import center_crop
+
+                image = center_crop(volume["image"], self.models[0].roi)
+                row["probs"] = json.dumps(classify_probabilities(self.networks, image, self.cfg.tta, self.device).tolist())
             else:
                 overlap = self.cfg.overlap if self.cfg.overlap is not None else self.models[0].cfg.eval.sw_overlap
                 probs = segment_probabilities(self.networks, volume["image"], self.spec, [m.roi for m in self.models],
