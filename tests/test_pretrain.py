@@ -59,7 +59,9 @@ def test_two_worker_deepspeed_loss_decreases(two_worker_run):
     cfg, run_dir = two_worker_run
     rows = metrics(run_dir)
     assert {r["world_size"] for r in rows} == {2}
-    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    # The tiny preset's target is each patch's normalised pixels (norm-pix, as SelfMedMAE), so predicting
+    # the patch mean scores about 1.0 and the loss starts a little above it: a learning run falls clearly.
+    assert rows[-1]["loss"] < 0.85 * rows[0]["loss"]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == rows[-1]["step"] > 0
     assert result["samples_per_s"] > 0
@@ -194,7 +196,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_metrics_keep_each_step_once(
 
     common = ("run.checkpoint_every=2", "scale.num_workers=1")
     run_dir = Path(pretrain(tiny(tmp_path, synthetic_dir, "damaged", "max_steps=4", *common)))
-    by_step = {json.loads((d / "train_state.json").read_text())["step"]: d for d in run_dir.glob("checkpoint_*")}
+    by_step = {json.loads((d / "train_state.json").read_text())["step"]: d for d in run_dir.glob("checkpoint_*") if d.is_dir()}
     assert sorted(by_step) == [2, 4]
     shard = next((by_step[4] / "ds").glob("*model_states.pt"))
     shard.write_bytes(shard.read_bytes()[:200])  # truncated: DeepSpeed alone would fail to load it

@@ -118,6 +118,16 @@ def _gunzip(raw: bytes, limit: int, path: str) -> tuple[bytes, bool]:
     return b"".join(out), d.eof
 
 
+def _head(raw: bytes, path: str) -> bytes:
+    """The first 540 bytes of a file's content (decompressed when it is gzip), enough for either header."""
+    if raw[:2] != _GZIP_MAGIC:
+        return raw[:540]
+    head, ended = _gunzip(raw, 540, path)
+    if len(head) < 348 and not ended:
+        raise BadInput(f"truncated or corrupt gzip data: the stream breaks off after {len(head)} bytes", path)
+    return head
+
+
 def _nifti_layout(head: bytes, path: str):
     """``(image class, header, bytes the header says the file holds)`` from a file's first bytes."""
     # NIfTI-1: sizeof_hdr 348 and magic "n+1"; NIfTI-2: 540 and "n+2" (either byte order).
@@ -144,8 +154,7 @@ def read_nifti_header(path: str):
             raw = f.read(65536)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read file: {e}", path) from None
-    head, _ = _gunzip(raw, 540, path) if raw[:2] == _GZIP_MAGIC else (raw[:540], True)
-    return _nifti_layout(head, path)[1]
+    return _nifti_layout(_head(raw, path), path)[1]
 
 
 def write_nifti_like(values: np.ndarray, reference: str | None, path, affine: np.ndarray | None = None) -> None:
@@ -201,8 +210,7 @@ def _decode_nifti(raw: bytes, path: str) -> nib.Nifti1Image:
     claims is at most :data:`MAX_VOLUME_BYTES` and is really in the file: a lying header is refused before
     anything is allocated, and decompression never goes past the claimed size."""
     gz = raw[:2] == _GZIP_MAGIC
-    head, _ = _gunzip(raw, 540, path) if gz else (raw[:540], True)
-    klass, header, needed = _nifti_layout(head, path)
+    klass, header, needed = _nifti_layout(_head(raw, path), path)
     if needed - int(header.get_data_offset()) > MAX_VOLUME_BYTES:
         raise BadInput(f"header claims {_describe(header)} ({needed / 2**30:.1f} GiB), above the "
                        f"{MAX_VOLUME_BYTES / 2**30:.0f} GiB a volume may have", path)
