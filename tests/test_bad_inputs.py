@@ -336,15 +336,6 @@ BAD_MANIFESTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD_MANIFESTS))
-def test_malformed_dataset_json_is_a_clear_error_naming_the_file(tmp_path, name):
-    text, message = BAD_MANIFESTS[name]
-    (tmp_path / "dataset.json").write_text(text)
-    with pytest.raises(ValueError, match=message) as e:
-        resolve_source(DataConfig(source=f"msd:{tmp_path}"))
-    assert str(tmp_path / "dataset.json") in str(e.value)
-
-
 BAD_CSVS = {
     "no_image_column": ("path,label\na.nii.gz,b.nii.gz\n", "needs an 'image' column"),
     "empty_image": ("image,label\n,b.nii.gz\n", "line 2: empty 'image'"),
@@ -352,13 +343,17 @@ BAD_CSVS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD_CSVS))
-def test_malformed_csv_is_a_clear_error_naming_the_file(tmp_path, name):
-    text, message = BAD_CSVS[name]
-    (tmp_path / "cases.csv").write_text(text)
+MALFORMED = {**{("msd", "dataset.json", n): v for n, v in BAD_MANIFESTS.items()},
+             **{("csv", "cases.csv", n): v for n, v in BAD_CSVS.items()}}
+
+
+@pytest.mark.parametrize("kind,file,name", sorted(MALFORMED))
+def test_a_malformed_manifest_is_a_clear_error_naming_the_file(tmp_path, kind, file, name):
+    text, message = MALFORMED[kind, file, name]
+    (tmp_path / file).write_text(text)
     with pytest.raises(ValueError, match=message) as e:
-        resolve_source(DataConfig(source=f"csv:{tmp_path / 'cases.csv'}"))
-    assert str(tmp_path / "cases.csv") in str(e.value)
+        resolve_source(DataConfig(source=f"{kind}:{tmp_path if kind == 'msd' else tmp_path / file}"))
+    assert str(tmp_path / file) in str(e.value)
 
 
 def test_duplicate_msd_case_ids_are_kept_apart(tmp_path, caplog):
