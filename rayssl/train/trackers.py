@@ -18,7 +18,6 @@ from pathlib import Path
 
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 RECORD = "tracker.json"
-EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -39,9 +38,8 @@ def check_installed(kind: str) -> None:
         return
     import importlib.util
 
-    module = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}[kind]
-    if importlib.util.find_spec(module) is None:
-        raise ValueError(f"run.tracker={kind} needs {module}: pip install -e \".[{EXTRAS[kind]}]\"")
+    if importlib.util.find_spec(kind) is None:  # each tracker's module and extra share its name
+        raise ValueError(f"run.tracker={kind} needs {kind}: pip install -e \".[{kind}]\"")
 
 
 class Tracker:
