@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 VERBOSE_ENV = "RAYSSL_VERBOSE"
 QUIET_LOGGERS = ("ray.train", "ray.tune", "ray.data", "DeepSpeed", "torch.distributed")
@@ -19,7 +20,19 @@ HARMLESS = (  # (message regex, category): warnings libraries raise on every run
     (r".*TypedStorage is deprecated", UserWarning),
     (r".*torch\.cuda\.amp\..* is deprecated", FutureWarning),
     (r".*`torch\.library\.impl_abstract` was renamed", FutureWarning),
+    (r".*`ExecutionOptions\.exclude_resources` is deprecated", DeprecationWarning),  # set by Ray Train itself
 )
+
+
+# Ray Data's logging with its console at WARNING (it re-reads the file for every dataset, in every process)
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
+
+
+class QuietNotes(logging.Filter):
+    """Ray Data's console note about the progress bars that the quiet console itself switched off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
 
 
 def verbose() -> bool:
@@ -52,9 +65,19 @@ def quiet_process() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
     for message, category in HARMLESS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
     try:
         from ray.data import DataContext
+        from ray.data._internal.logging import configure_logging as configure_ray_data
 
+        configure_ray_data()  # again, in case ray.data was imported before the variable was set
         DataContext.get_current().enable_progress_bars = False
     except ImportError:
-        pass
+        return
+    # Ray Train's worker logs every report ("Reporting training result N: TrainingReport(...)") to a logger
+    # named by its file's path, outside ray.train's level; quiet that logger by its name (importing the
+    # module to learn its path would cost every process Ray Train's imports)
+    import ray
+
+    path = Path(ray.__file__).parent / "train" / "v2" / "_internal" / "execution" / "context.py"
+    logging.getLogger(str(path)).setLevel(logging.WARNING)

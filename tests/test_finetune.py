@@ -188,7 +188,8 @@ def test_an_ensemble_averages_its_models_probabilities(runs, to_predict):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rayssl.predict.driver import predict
+    from rayssl.config import dump_config
+    from rayssl.predict.driver import Predictor, plan_predict
 
     _, _, run_dir = runs
     tmp, spec, cases = to_predict
@@ -201,8 +202,13 @@ def test_an_ensemble_averages_its_models_probabilities(runs, to_predict):
     c = cases[0]["case_id"]
     probs = {}
     for name, models in (("a", [run_dir]), ("b", [other]), ("ab", [run_dir, other])):
-        out = Path(predict(predict_cfg(models, spec, tmp / f"ens-{name}", "save_probabilities=true")))
-        probs[name] = np.asarray(nib.load(str(out / f"{c}_prob.nii.gz")).dataobj)
+        # the predict job's actor, in this process: one case is enough to compare probabilities
+        cfg = predict_cfg(models, spec, tmp / f"ens-{name}", "save_probabilities=true")
+        plan = plan_predict(cfg)
+        row = Predictor(plan.models, dump_config(cfg), dump_config(plan.data), str(plan.out)).one(
+            next(case for case in plan.todo if case.case_id == c))
+        assert row["status"] == "done"
+        probs[name] = np.asarray(nib.load(str(plan.out / f"{c}_prob.nii.gz")).dataobj)
     assert not np.allclose(probs["a"], probs["b"], atol=1e-3)  # two different models
     np.testing.assert_allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=2e-5)
 

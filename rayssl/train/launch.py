@@ -14,6 +14,7 @@ from typing import Callable
 
 from rayssl.config import DataConfig, RunConfig, ScaleConfig
 from rayssl.data.io import is_uri
+from rayssl.logs import VERBOSE_ENV, verbose
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +28,19 @@ def init_ray() -> None:
     """
     import ray
 
-    from rayssl.logs import VERBOSE_ENV, verbose
-
     if ray.is_initialized():
         return
     t0 = time.perf_counter()
+    # the level of Ray's own loggers in the job's processes, set as Ray configures them (after the setup hook)
+    logging_config = ray.LoggingConfig(log_level="INFO" if verbose() else "WARNING")
     if os.environ.get("RAY_ADDRESS"):
         log.info("joining the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_config=logging_config)
     else:
         log.info("starting a local Ray")
         env = {VERBOSE_ENV: "1"} if verbose() else {}
         ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": "rayssl.logs.quiet_process",
-                                                       "env_vars": env},
-                 logging_config=ray.LoggingConfig(log_level="INFO" if verbose() else "WARNING"))
+                                                       "env_vars": env}, logging_config=logging_config)
     log.info("Ray up in %.1f s: %g CPUs, %g GPUs", time.perf_counter() - t0, ray.cluster_resources().get("CPU", 0),
              ray.cluster_resources().get("GPU", 0))
 
@@ -190,6 +190,8 @@ def fit(loop: Callable[[dict], None], loop_config: dict, scale: ScaleConfig, dat
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             callbacks=callbacks,
+            # Ray Train's own console lines (worker group start, every report) only with --verbose
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         ),
         datasets={"train": dataset},
     )
