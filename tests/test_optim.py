@@ -83,3 +83,15 @@ def test_zero_buffers_scale_with_the_largest_layer():
     # a small model still gets DeepSpeed-sized buckets of at least 1M elements
     tiny = deepspeed_config(2, OptimConfig(), 3, "fp32", torch.nn.Linear(4, 4))["zero_optimization"]
     assert tiny["reduce_bucket_size"] == tiny["stage3_prefetch_bucket_size"] == 10**6
+
+
+def test_eta_extrapolates_the_pace_since_the_start_or_resume(monkeypatch):
+    import time
+
+    from rayssl.train.worker import Eta
+
+    clock = iter([100.0, 190.0])  # built at t=100 s on step 40 of 100 (a resume), asked at t=190 s on step 50
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    eta = Eta(40, 100)
+    assert eta(40) == "ETA ?"  # no step taken yet: no pace to go by
+    assert eta(50) == "ETA 7m30s"  # 90 s for 10 steps is 9 s a step; 50 steps left: 450 s

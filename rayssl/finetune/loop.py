@@ -24,7 +24,8 @@ from rayssl.finetune.weights import load_pretrained
 from rayssl.train.checkpoint import read_safetensors, resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, full_state_dict
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps, train_epochs
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps,
+                                 train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
         augment = RandAugment2D(seed) if spec.classification else SegAugment(cfg.data.roi, seed)
     else:
         augment = None
-    window = LossWindow()
+    window, eta = LossWindow(), Eta(state.step, steps)
     validated_at = [state.step]
 
     def step(batch: dict) -> tuple[torch.Tensor, int]:
@@ -109,9 +110,9 @@ def train_loop_per_worker(config: dict) -> None:
                        samples_per_s=samples_per_s, world_size=ctx.world, resumes=state.resumes)
         ctx.log_metrics(metrics)
         if ctx.files:
-            log.info("epoch %d step %d/%d loss %.4f val %.4f (best %.4f at epoch %s)", state.epoch, state.step, steps,
-                     train_loss, value, state.best_metric if state.best_metric is not None else float("nan"),
-                     state.best_epoch)
+            log.info("epoch %d step %d/%d loss %.4f %.1f samples/s val %.4f (best %.4f at epoch %s) %s", state.epoch,
+                     state.step, steps, train_loss, samples_per_s, value,
+                     state.best_metric if state.best_metric is not None else float("nan"), state.best_epoch, eta(state.step))
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.rank == 0 and "weights" in best:
                 save_file(best["weights"], str(Path(tmp) / BEST_FILE))

@@ -14,7 +14,7 @@ from rayssl.pretrain.preview import save_preview
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, ensure_cpu_accelerator
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import (LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb, steps_per_epoch,
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb, steps_per_epoch,
                                  total_steps, train_epochs)
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def train_loop_per_worker(config: dict) -> None:
                  cfg.scale.zero_stage)
 
     generator = ctx.generator(cfg.seed, state.step)
-    window = LossWindow()
+    window, eta = LossWindow(), Eta(state.step, steps)
     preview_batch: list[torch.Tensor] = []
     last_loss = [float("nan")]
 
@@ -79,8 +79,8 @@ def train_loop_per_worker(config: dict) -> None:
         last_loss[0] = metrics["loss"]
         ctx.log_metrics(metrics)
         if ctx.files:
-            log.info("epoch %d step %d/%d loss %.5f lr %.2e %.1f samples/s mem %.0f MB", state.epoch, state.step,
-                     steps, metrics["loss"], metrics["lr"], metrics["samples_per_s"], max(mems))
+            log.info("epoch %d step %d/%d loss %.5f lr %.2e %.1f samples/s mem %.0f MB %s", state.epoch, state.step,
+                     steps, metrics["loss"], metrics["lr"], metrics["samples_per_s"], max(mems), eta(state.step))
         if with_checkpoint:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(engine, tmp, state.as_dict(), ctx.rank, ctx.world)

@@ -117,6 +117,19 @@ def total_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int
     return min(steps_per_epoch * epochs, max_steps) if max_steps else steps_per_epoch * epochs
 
 
+class Eta:
+    """Time left in a run, from this process's pace since it started (or resumed) at ``step``."""
+
+    def __init__(self, step: int, total: int):
+        self.t0, self.step0, self.total = time.perf_counter(), step, total
+
+    def __call__(self, step: int) -> str:
+        if step <= self.step0:
+            return "ETA ?"
+        left = (time.perf_counter() - self.t0) / (step - self.step0) * max(0, self.total - step)
+        return f"ETA {int(left // 60)}m{int(left % 60):02d}s"
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
