@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -51,6 +52,21 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def _quiet_cleaner_threads(previous):
+    """A ``threading.excepthook`` that keeps the traceback of Ray Train's placement-group cleaner thread
+    (it dies when it cannot reach the state API, e.g. with two Ray instances on a machine) out of the
+    console, at debug level; every other thread's exception goes to ``previous``."""
+
+    def hook(args) -> None:
+        if args.thread is not None and args.thread.name.startswith("PlacementGroupCleaner"):
+            logging.getLogger(__name__).debug("Ray Train's %s stopped: %r", args.thread.name, args.exc_value)
+            return
+        previous(args)
+
+    hook._rayssl = True  # type: ignore[attr-defined]
+    return hook
+
+
 def quiet_process() -> None:
     """Set up one process of a rayssl job: rayssl's lines on, the libraries' info logs, progress bars and
     known harmless warnings off (all kept with ``RAYSSL_VERBOSE=1``). The jobs call it; Ray runs it in every
@@ -63,6 +79,8 @@ def quiet_process() -> None:
     # Ray Train's placement-group cleaner asks the state API (the dashboard) every second whether the run's
     # controller lives; without a dashboard each try is a warning, and the sweep frees the groups itself
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    if not getattr(threading.excepthook, "_rayssl", False):
+        threading.excepthook = _quiet_cleaner_threads(threading.excepthook)
     for message, category in HARMLESS:
         warnings.filterwarnings("ignore", message=message, category=category)
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING))
