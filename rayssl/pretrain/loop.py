@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 
@@ -27,8 +28,9 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
-    import rayssl.models.genesis_unet, rayssl.models.mae  # noqa: F401, E401  (timm, MONAI: also before it)
 
+    model_module = "mae" if cfg.model.method == "mae" else "genesis_unet"  # timm or MONAI: also before it
+    importlib.import_module(f"rayssl.models.{model_module}")
     base_mem = peak_memory_mb(ctx.device)  # the process before the model: libraries, Ray, DeepSpeed
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
