@@ -3,9 +3,9 @@
     python benchmarks/first_step.py [--repeats 2] [--cold]
 
 Runs the job (``max_steps=1``) and stamps each line as it arrives on its standard output: the job's start,
-Ray up, the training volumes prepared, the DeepSpeed engine built, the first loss line. ``--cold`` first
-removes what the first run on a new machine has to build (the synthetic phantoms, DeepSpeed's compiled
-operators); the warm runs follow. Prints each phase's time from the command's start, medians over the
+Ray up, the training run launched (the volumes preprocess while its worker starts), the DeepSpeed engine
+built, the first loss line. ``--cold`` first removes what the first run on a new machine has to build (the
+synthetic phantoms, DeepSpeed's compiled operators); the warm runs follow. Prints each phase's time from the command's start, medians over the
 warm repeats; the last line is a JSON summary.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = {  # phase -> the start of the job's line that ends it
     "Ray up": "[rayssl] Ray up",
-    "volumes prepared": "[rayssl] pre-training",
+    "training launched": "[rayssl] pre-training",  # the volumes preprocess meanwhile
     "engine built": "[rayssl] mae engine built",
     "first loss line": "[rayssl] epoch 0 step 1/",
 }
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         warm = [run_once(work) for _ in range(args.repeats)]
         out["warm_median"] = {k: statistics.median(r[k] for r in warm if k in r) for k in warm[0]}
         for name, row in out.items():
-            print(f"{name}: " + ", ".join(f"{k} {v:.1f} s" if k != "output_lines" else f"{v} output lines"
+            print(f"{name}: " + ", ".join(f"{k} {v:.1f} s" if k != "output_lines" else f"{v:g} output lines"
                                           for k, v in row.items()))
         print(json.dumps(out))
     finally:

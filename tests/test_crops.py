@@ -87,7 +87,7 @@ def test_ray_train_shard_gives_new_crops_each_epoch(ray_session, tmp_path):
     # for two epochs as the training loops do
     root = make_ct_phantoms(tmp_path / "ct", n=3, seed=0, shape=(40, 40, 20))
     data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), patches_per_volume=4, folds=3)
-    shard = train_volumes(data, ["image", "label"]).iterator()
+    shard = train_volumes(data, ["image", "label"]).dataset.iterator()
 
     def epoch_crops(it, epoch):
         return sorted(tuple(o.tolist()) for b in epoch_batches(it.iter_rows(), data, epoch, 2, ["origin"])
@@ -95,7 +95,7 @@ def test_ray_train_shard_gives_new_crops_each_epoch(ray_session, tmp_path):
 
     e0, e1 = epoch_crops(shard, 0), epoch_crops(shard, 1)
     assert len(e0) == len(e1) == 4 * 2 and e0 != e1  # 2 training cases of 3 (fold 0 is validation)
-    rerun = train_volumes(data, ["image", "label"]).iterator()  # a second run, same seed
+    rerun = train_volumes(data, ["image", "label"]).dataset.iterator()  # a second run, same seed
     assert epoch_crops(rerun, 0) == e0 and epoch_crops(rerun, 1) == e1
 
 

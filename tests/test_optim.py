@@ -95,3 +95,32 @@ def test_eta_extrapolates_the_pace_since_the_start_or_resume(monkeypatch):
     eta = Eta(40, 100)
     assert eta(40) == "ETA ?"  # no step taken yet: no pace to go by
     assert eta(50) == "ETA 7m30s"  # 90 s for 10 steps is 9 s a step; 50 steps left: 450 s
+
+
+def test_first_epoch_rows_start_before_they_are_asked_for():
+    import threading
+
+    from rayssl.train.worker import started_now
+
+    calls, asked = [], threading.Event()
+
+    def rows():
+        calls.append(threading.current_thread().name)
+        return iter([{"epoch": len(calls) - 1, "i": i} for i in range(3)])
+
+    epoch_rows = started_now(rows)
+    for _ in range(100):  # the first stream is drawn in the background before anyone asks
+        if calls:
+            break
+        asked.wait(0.01)
+    assert calls == ["rayssl-first-rows"]
+    assert [r["i"] for r in epoch_rows()] == [0, 1, 2]  # all rows, the prefetched one first
+    assert [r["epoch"] for r in epoch_rows()] == [1, 1, 1] and calls[1] == threading.current_thread().name
+
+    def broken():
+        yield from ()
+        raise OSError("the shard could not be read")
+
+    with pytest.raises(OSError, match="could not be read"):  # raised where the rows are used
+        started_now(broken)()
+    assert list(started_now(lambda: iter([]))()) == []

@@ -1,11 +1,13 @@
+import dataclasses
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from ray.data.dataset import MaterializedDataset
+import ray
 
 from rayssl.config import DataConfig, PrepareConfig
 from rayssl.data.cache import read_manifest, read_volumes
@@ -71,7 +73,7 @@ def test_prepare_roundtrip(ray_session, phantoms, tmp_path):
 
     # training reads the cache when cache_dir is set: the volumes with the columns asked for
     cached = data.model_copy(update={"cache_dir": out})
-    rows = train_volumes(cached, ["image", "label"]).take_all()
+    rows = train_volumes(cached, ["image", "label"]).dataset.take_all()
     assert {r["case_id"] for r in rows} == {c.case_id for c in source.split("train")}
     assert set(rows[0]) == {"case_id", "image", "label"}
     with pytest.raises(ValueError, match=r"preprocessed with spacing \[1.5, 1.5, 2.0\] \(config: \[1.0, 1.0, 1.0\]\)"):
@@ -80,15 +82,38 @@ def test_prepare_roundtrip(ray_session, phantoms, tmp_path):
         train_volumes(cached.model_copy(update={"recipe": "ct_genesis"}), ["image"])
 
 
-def test_train_volumes_kept_in_object_store_or_streamed(ray_session, phantoms):
-    data = _data(phantoms)
-    kept = train_volumes(data, ["image"])
+def test_train_volumes_kept_in_object_store_or_streamed(ray_session, phantoms, tmp_path):
+    root = tmp_path / "phantoms"
+    shutil.copytree(phantoms, root)
+    data = _data(root)
+    kept = train_volumes(data, ["image"], at_once=1)  # one case at a time; returns before they are done
     streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])
-    assert isinstance(kept, MaterializedDataset)
-    assert not isinstance(streamed, MaterializedDataset)
-    a = {r["case_id"]: r["image"] for r in kept.take_all()}
-    b = {r["case_id"]: r["image"] for r in streamed.take_all()}
+    assert ray.get(list(kept.usable)) == [1] * len(resolve_source(data).split("train")) and not streamed.usable
+    a = {r["case_id"]: r["image"] for r in kept.dataset.take_all()}
+    b = {r["case_id"]: r["image"] for r in streamed.dataset.take_all()}
     assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    # kept volumes were preprocessed once: every later epoch reads them from the object store, not the files
+    shutil.rmtree(root / "imagesTr")
+    again = {r["case_id"]: r["image"] for r in kept.dataset.take_all()}
+    assert again.keys() == a.keys() and all(again[k].tobytes() == a[k].tobytes() for k in a)
+    assert streamed.dataset.take_all() == []  # streamed: read again, and every file is gone (quarantined)
+
+
+def test_kept_volumes_count_the_usable_cases(ray_session, tmp_path):
+    from rayssl.train.launch import RunDir, RunPlan
+
+    root = make_ct_phantoms(tmp_path / "ct", n=4, seed=0, shape=(24, 24, 12))
+    data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), folds=2, val_fold=0)
+    train = resolve_source(data).split("train")
+    Path(train[0].image[0]).write_bytes(b"not a NIfTI file")
+    volumes = train_volumes(data, ["image"], at_once=1)
+    plan = RunPlan(RunDir("r", str(tmp_path), str(tmp_path / "r")), len(train), 1, 1e-3, "ct_btcv", usable=volumes.usable)
+    assert plan.training_cases() == len(train) - 1 == len(volumes.dataset.take_all())
+    for case in train:
+        Path(case.image[0]).write_bytes(b"not a NIfTI file")
+    nothing = train_volumes(data, ["image"])  # at_once=0: waits for every case
+    with pytest.raises(ValueError, match=f"all {len(train)} training cases were unusable"):
+        dataclasses.replace(plan, usable=nothing.usable).training_cases()
 
 
 def test_case_dataset_whole_volumes(ray_session, phantoms):

@@ -26,7 +26,7 @@ from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles, provenance
 from rayssl.train.trackers import check_installed, track_artifacts
 from rayssl.train.checkpoint import read_safetensors
-from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir
+from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir, spare_cpus
 from rayssl.train.optim import effective_lr
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,10 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
              plan.num_cases, len(plan.val_cases), len(plan.test_cases), plan.lr, report["source"] or "none",
              len(report["loaded"]), len(report["new"]), plan.run.path)
 
-    ds = train_volumes(cfg.data, ["image", spec.target_key], "train", plan.source)
-    worker_plan = dataclasses.replace(plan, source=None, load_report={}, test_cases=[])
+    volumes = train_volumes(cfg.data, ["image", spec.target_key], "train", plan.source, spare_cpus(cfg.scale))
+    worker_plan = dataclasses.replace(plan, source=None, load_report={}, test_cases=[], usable=volumes.usable)
     result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": worker_plan}, cfg.scale, cfg.data,
-                       cfg.run, plan.run, ds, callbacks)
+                       cfg.run, plan.run, volumes.dataset, callbacks)
     last = result.metrics or {}
 
     model = build_model(cfg, spec.channels, spec.num_classes)

@@ -24,8 +24,8 @@ from rayssl.finetune.weights import load_pretrained
 from rayssl.train.checkpoint import read_safetensors, resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, full_state_dict
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps,
-                                 train_epochs)
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, started_now,
+                                 steps_per_epoch, total_steps, train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ def train_loop_per_worker(config: dict) -> None:
     plan = config["plan"]
     spec = plan.spec
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
+    rows = started_now(ray.train.get_dataset_shard("train").iter_rows)  # the data starts while the engine builds
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, spec.channels, spec.num_classes)
     load_pretrained(model, plan.pretrained)
     loss_fn = build_loss(spec)
-    spe = steps_per_epoch(plan.num_cases, plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
+    spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
     steps = total_steps(spe, cfg.epochs, cfg.max_steps)
 
     state = TrainState()
@@ -126,9 +127,8 @@ def train_loop_per_worker(config: dict) -> None:
             validate_and_report()
         window.reset()
 
-    shard = ray.train.get_dataset_shard("train")
     engine.train()
-    train_epochs(state, shard.iter_rows, cfg.data, epochs=cfg.epochs, steps=steps, batch_size=cfg.batch_size,
+    train_epochs(state, rows, cfg.data, epochs=cfg.epochs, steps=steps, batch_size=cfg.batch_size,
                  grad_accum=cfg.optim.grad_accum, columns=["image", spec.target_key], shuffle_seed=ctx.rank,
                  world=ctx.world, step=step, window=window, after_epoch=after_epoch)
     if validated_at[0] != state.step:  # stopped by max_steps inside an epoch

@@ -15,7 +15,7 @@ from rayssl.pretrain.methods import export_meta, export_state
 from rayssl.train.artifacts import RunFiles, provenance
 from rayssl.train.trackers import check_installed, track_artifacts
 from rayssl.train.checkpoint import load_weights, save_export
-from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir
+from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir, spare_cpus
 from rayssl.train.optim import effective_lr
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,13 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
     ``result.json``. Re-running with the same ``run.name`` resumes from the last checkpoint.
     """
     if dataset is None:
-        from ray.data.dataset import MaterializedDataset
-
         from rayssl.data.pipeline import train_volumes
 
         plan = plan or plan_pretrain(cfg)
         log.info("preparing %d training cases (%s)", plan.num_cases, "from the cache" if cfg.data.cache_dir else
                  "read and preprocessed once, kept in Ray's object store" if cfg.data.keep_volumes else "streamed")
-        ds = train_volumes(cfg.data, ["image"], "train", plan.source)
-        if isinstance(ds, MaterializedDataset):
-            plan = dataclasses.replace(plan, num_cases=ds.count())  # without the quarantined cases
+        volumes = train_volumes(cfg.data, ["image"], "train", plan.source, spare_cpus(cfg.scale))
+        ds, plan = volumes.dataset, dataclasses.replace(plan, usable=volumes.usable)
     else:
         ds = dataset.select_columns(["case_id", "image"])
         shape = dataset.take(1)[0]["image"].shape

@@ -15,8 +15,8 @@ from rayssl.pretrain.preview import save_preview
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, ensure_cpu_accelerator
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb, steps_per_epoch,
-                                 total_steps, train_epochs)
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb, started_now,
+                                 steps_per_epoch, total_steps, train_epochs)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = PretrainConfig.model_validate(config["cfg"])
     plan = config["plan"]
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
+    rows = started_now(ray.train.get_dataset_shard("train").iter_rows)  # the data starts while the engine builds
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
 
@@ -36,7 +37,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, plan.channels)
     objective = build_objective(cfg)
-    spe = steps_per_epoch(plan.num_cases, plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
+    spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
     steps = total_steps(spe, cfg.epochs, cfg.max_steps)
 
     state = TrainState()
@@ -113,9 +114,8 @@ def train_loop_per_worker(config: dict) -> None:
         if cfg.run.preview_every and state.epoch % cfg.run.preview_every == 0 and not finished:
             preview(f"epoch{state.epoch:04d}")
 
-    shard = ray.train.get_dataset_shard("train")
     engine.train()
-    train_epochs(state, shard.iter_rows, cfg.data, epochs=cfg.epochs,
+    train_epochs(state, rows, cfg.data, epochs=cfg.epochs,
                  steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.optim.grad_accum, columns=["image"],
                  shuffle_seed=ctx.rank, world=ctx.world, step=step, window=window, after_step=after_step,
                  after_epoch=after_epoch)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +51,18 @@ def max_workers(scale: ScaleConfig) -> int:
     return w[1] if isinstance(w, tuple) else w
 
 
+def spare_cpus(scale: ScaleConfig) -> int:
+    """The CPUs free now that the training workers will leave free: the training volumes preprocess on them
+    while the workers start. 0 inside a placement group (a sweep's trial): trials share the CPUs, and a
+    worker waiting for volumes while holding its CPU could starve their preprocessing."""
+    import ray
+    from ray.util import get_current_placement_group
+
+    if get_current_placement_group() is not None:
+        return 0
+    return max(0, int(ray.available_resources().get("CPU", 0) - scale.cpus_per_worker * max_workers(scale)))
+
+
 def check_cases_per_worker(num_cases: int, workers: int, source: str) -> None:
     """Every worker crops its own share of the training cases (Ray Train splits them equally)."""
     if num_cases < workers:
@@ -81,6 +93,25 @@ class RunPlan:
     """Peak learning rate (the batch scaling rule applied)."""
     recipe: str | None
     """The preprocessing recipe of the training volumes."""
+    usable: tuple = field(default=(), kw_only=True)
+    """Kept volumes: :attr:`rayssl.data.pipeline.TrainVolumes.usable` (the run may start before they are
+    all preprocessed)."""
+
+    def training_cases(self) -> int:
+        """The training cases left after quarantine: counted from ``usable`` (waiting for the preprocessing),
+        else ``num_cases``.
+
+        Raises:
+            ValueError: every training case was unusable.
+        """
+        if not self.usable:
+            return self.num_cases
+        import ray
+
+        usable = sum(ray.get(list(self.usable)))
+        if usable == 0:
+            raise ValueError(f"all {len(self.usable)} training cases were unusable (quarantined; see the warnings)")
+        return usable
 
 
 def run_dir(run: RunConfig, default_name: str) -> RunDir:

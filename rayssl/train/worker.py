@@ -6,8 +6,10 @@ report hooks into :func:`train_epochs`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -182,6 +184,38 @@ class LossWindow:
     def samples_per_s(self, world: int) -> float:
         """Samples per second of all workers, assuming each trained as many as this one."""
         return self.samples * world / max(time.perf_counter() - self.t0, 1e-9)
+
+
+def started_now(rows: Callable[[], Iterable[dict]]) -> Callable[[], Iterable[dict]]:
+    """``rows`` (an epoch's stream, e.g. a dataset shard's ``iter_rows``) whose first stream starts now, in a
+    background thread: the data pipeline spins up (its coordinator, its read tasks) while the worker builds
+    its engine. Later calls are plain ``rows()``; an error of the first stream is raised where it is used."""
+    first: list = []
+
+    def start() -> None:
+        stream = iter(rows())
+        try:
+            first.append(itertools.chain([next(stream)], stream))
+        except StopIteration:
+            first.append(iter(()))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
+            first.append(e)
+
+    thread = threading.Thread(target=start, name="rayssl-first-rows", daemon=True)
+    thread.start()
+    used = False
+
+    def epoch_rows() -> Iterable[dict]:
+        nonlocal used
+        if used:
+            return rows()
+        used = True
+        thread.join()
+        if isinstance(first[0], BaseException):
+            raise first[0]
+        return first[0]
+
+    return epoch_rows
 
 
 def _with_last(items: Iterable) -> Iterator[tuple[object, bool]]:
