@@ -184,9 +184,9 @@ def run_benchmark(args: argparse.Namespace, work: str) -> None:
 
     results = {}
     producers = {
-        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])),
-        "rayssl kept": crops(lambda: train_volumes(data, ["image"])),
-        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"])),
+        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"]).dataset),
+        "rayssl kept": crops(lambda: train_volumes(data, ["image"]).dataset),
+        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"]).dataset),
     }
     for name, make in producers.items():
         results[name] = run(make, args.epochs)
