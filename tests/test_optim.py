@@ -121,6 +121,11 @@ def test_first_epoch_rows_start_before_they_are_asked_for():
         yield from ()
         raise OSError("the shard could not be read")
 
+    def unreachable():
+        raise ConnectionError("no shard")
+
     with pytest.raises(OSError, match="could not be read"):  # raised where the rows are used
         started_now(broken)()
+    with pytest.raises(ConnectionError, match="no shard"):
+        started_now(unreachable)()
     assert list(started_now(lambda: iter([]))()) == []

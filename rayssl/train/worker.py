@@ -193,8 +193,8 @@ def started_now(rows: Callable[[], Iterable[dict]]) -> Callable[[], Iterable[dic
     first: list = []
 
     def start() -> None:
-        stream = iter(rows())
         try:
+            stream = iter(rows())
             first.append(itertools.chain([next(stream)], stream))
         except StopIteration:
             first.append(iter(()))
