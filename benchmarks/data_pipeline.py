@@ -7,7 +7,8 @@ crop), ROI and crops per volume, new crops and flips every epoch in all of them:
 
 * rayssl from NIfTI: Ray Data reads and preprocesses every epoch (``keep_volumes=false``), the consumer cuts
   crops as a training worker does (``epoch_batches``);
-* rayssl kept: preprocessed once into Ray's object store (``keep_volumes=true``, the default);
+* rayssl kept: preprocessed once into Ray's object store (``keep_volumes=true``, the default), read from it
+  every epoch as a training worker reads its share;
 * rayssl cache: the Parquet cache of preprocessed volumes written by ``prepare``, streamed every epoch;
 * MONAI ``Dataset``, ``PersistentDataset`` (deterministic transforms cached on disk) and ``CacheDataset``
   (``cache_rate=1.0``, in RAM), each in a ``DataLoader`` with as many workers as cores, the crop
@@ -172,21 +173,23 @@ def run_benchmark(args: argparse.Namespace, work: str) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     cache = prepare(PrepareConfig(data=data, out=os.path.join(work, "cache"), rows_per_file=4))
 
-    def crops(make_ds):
+    def crops(make_volumes):
         holder = {}
 
         def epoch(e):
-            if "ds" not in holder:  # built in the first epoch: its preprocessing counts there
-                holder["ds"] = make_ds()
-            return epoch_batches(holder["ds"].iter_rows(), data, e, args.batch_size, ["image"])
+            if "rows" not in holder:  # built in the first epoch: its preprocessing counts there
+                # what a training worker reads: its kept volumes, or the dataset (streamed, cache) as its shard
+                volumes = make_volumes()
+                holder["rows"] = volumes.kept.epoch_rows(0, 1) if volumes.kept else volumes.dataset.iter_rows
+            return epoch_batches(holder["rows"](), data, e, args.batch_size, ["image"])
 
         return epoch
 
     results = {}
     producers = {
-        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"]).dataset),
-        "rayssl kept": crops(lambda: train_volumes(data, ["image"]).dataset),
-        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"]).dataset),
+        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])),
+        "rayssl kept": crops(lambda: train_volumes(data, ["image"])),
+        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"])),
     }
     for name, make in producers.items():
         results[name] = run(make, args.epochs)

@@ -82,20 +82,22 @@ def test_patches_per_case():
         next(epoch_batches(iter([]), DataConfig(roi=ROI), 0, 0, ["image"]))
 
 
-def test_ray_train_shard_gives_new_crops_each_epoch(ray_session, tmp_path):
-    # the object Ray Train hands a worker is a DataIterator over the training volumes: iterate it
-    # for two epochs as the training loops do
+def test_worker_stream_gives_new_crops_each_epoch(ray_session, tmp_path):
+    # what a training worker reads every epoch (its share of the kept volumes), cropped for two epochs as
+    # the training loops do
+    from rayssl.train.worker import volume_stream
+
     root = make_ct_phantoms(tmp_path / "ct", n=3, seed=0, shape=(40, 40, 20))
     data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), patches_per_volume=4, folds=3)
-    shard = train_volumes(data, ["image", "label"]).dataset.iterator()
+    rows = volume_stream(train_volumes(data, ["image", "label"]).kept, 0, 1)
 
-    def epoch_crops(it, epoch):
-        return sorted(tuple(o.tolist()) for b in epoch_batches(it.iter_rows(), data, epoch, 2, ["origin"])
+    def epoch_crops(rows, epoch):
+        return sorted(tuple(o.tolist()) for b in epoch_batches(rows(), data, epoch, 2, ["origin"])
                       for o in b["origin"])
 
-    e0, e1 = epoch_crops(shard, 0), epoch_crops(shard, 1)
+    e0, e1 = epoch_crops(rows, 0), epoch_crops(rows, 1)
     assert len(e0) == len(e1) == 4 * 2 and e0 != e1  # 2 training cases of 3 (fold 0 is validation)
-    rerun = train_volumes(data, ["image", "label"]).dataset.iterator()  # a second run, same seed
+    rerun = volume_stream(train_volumes(data, ["image", "label"]).kept, 0, 1)  # a second run, same seed
     assert epoch_crops(rerun, 0) == e0 and epoch_crops(rerun, 1) == e1
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import ray
 
 from rayssl.config import DataConfig, PrepareConfig
 from rayssl.data.cache import read_manifest, read_volumes
@@ -83,37 +82,47 @@ def test_prepare_roundtrip(ray_session, phantoms, tmp_path):
 
 
 def test_train_volumes_kept_in_object_store_or_streamed(ray_session, phantoms, tmp_path):
+    from rayssl.train.worker import volume_stream
+
     root = tmp_path / "phantoms"
     shutil.copytree(phantoms, root)
     data = _data(root)
-    kept = train_volumes(data, ["image"], at_once=1)  # one case at a time; returns before they are done
-    streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])
-    assert ray.get(list(kept.usable)) == [1] * len(resolve_source(data).split("train")) and not streamed.usable
-    a = {r["case_id"]: r["image"] for r in kept.dataset.take_all()}
-    b = {r["case_id"]: r["image"] for r in streamed.dataset.take_all()}
-    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    train = resolve_source(data).split("train")
+    kept = train_volumes(data, ["image"], at_once=1).kept  # one case at a time; returns before they are done
+    streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"]).dataset
+    assert kept.counts() == [1] * len(train)
+    rows = volume_stream(kept, 0, 1)  # what a training worker reads every epoch
+    a = {r["case_id"]: r["image"] for r in rows()}
+    b = {r["case_id"]: r["image"] for r in streamed.take_all()}
+    assert list(a) == [c.case_id for c in train] and a.keys() == b.keys()  # the listing's order
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert all(set(r) == {"case_id", "image"} for r in rows())  # only the columns asked for are kept
     # kept volumes were preprocessed once: every later epoch reads them from the object store, not the files
     shutil.rmtree(root / "imagesTr")
-    again = {r["case_id"]: r["image"] for r in kept.dataset.take_all()}
+    again = {r["case_id"]: r["image"] for r in rows()}
     assert again.keys() == a.keys() and all(again[k].tobytes() == a[k].tobytes() for k in a)
-    assert streamed.dataset.take_all() == []  # streamed: read again, and every file is gone (quarantined)
+    assert streamed.take_all() == []  # streamed: read again, and every file is gone (quarantined)
 
 
-def test_kept_volumes_count_the_usable_cases(ray_session, tmp_path):
+def test_kept_volumes_count_and_share_the_usable_cases(ray_session, tmp_path):
     from rayssl.train.launch import RunDir, RunPlan
 
-    root = make_ct_phantoms(tmp_path / "ct", n=4, seed=0, shape=(24, 24, 12))
-    data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), folds=2, val_fold=0)
+    root = make_ct_phantoms(tmp_path / "ct", n=5, seed=0, shape=(24, 24, 12))
+    data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), folds=5, val_fold=0)
     train = resolve_source(data).split("train")
-    Path(train[0].image[0]).write_bytes(b"not a NIfTI file")
-    volumes = train_volumes(data, ["image"], at_once=1)
-    plan = RunPlan(RunDir("r", str(tmp_path), str(tmp_path / "r")), len(train), 1, 1e-3, "ct_btcv", usable=volumes.usable)
-    assert plan.training_cases() == len(train) - 1 == len(volumes.dataset.take_all())
+    Path(train[1].image[0]).write_bytes(b"not a NIfTI file")
+    kept = train_volumes(data, ["image", "label"], at_once=1).kept
+    plan = RunPlan(RunDir("r", str(tmp_path), str(tmp_path / "r")), len(train), 1, 1e-3, "ct_btcv", kept=kept)
+    assert plan.training_cases() == len(train) - 1 == 3
+    # 2 workers share the 3 usable cases equally, in the listing's order, and leave the third out
+    shares = [[r["case_id"] for r in kept.epoch_rows(rank, 2)()] for rank in (0, 1)]
+    assert shares == [[train[0].case_id], [train[2].case_id]]
+    assert {"label", "image"} <= set(next(kept.epoch_rows(0, 1)()))
     for case in train:
         Path(case.image[0]).write_bytes(b"not a NIfTI file")
-    nothing = train_volumes(data, ["image"])  # at_once=0: waits for every case
+    nothing = train_volumes(data, ["image"]).kept  # at_once=0: waits for every case
     with pytest.raises(ValueError, match=f"all {len(train)} training cases were unusable"):
-        dataclasses.replace(plan, usable=nothing.usable).training_cases()
+        dataclasses.replace(plan, kept=nothing).training_cases()
 
 
 def test_case_dataset_whole_volumes(ray_session, phantoms):

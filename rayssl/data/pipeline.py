@@ -32,7 +32,7 @@ import rayssl
 from rayssl.config import DataConfig, PrepareConfig, dump_config
 from rayssl.data.cache import QUARANTINE, VOLUME_FORMAT, delete_split, read_manifest, read_volumes, write_json, write_volumes
 from rayssl.data.context import dataset_context
-from rayssl.data.kept import kept_row
+from rayssl.data.kept import KeptVolumes
 from rayssl.data.io import BadInput, absolute, is_uri, join, open_uri
 from rayssl.data.preprocess import load_case
 from rayssl.data.recipes import RECIPES
@@ -229,21 +229,21 @@ def recipe_spacing(data: DataConfig, recipe: str) -> list[float] | None:
 
 
 @ray.remote
-def _keep_case(row: dict, after, kwargs: dict) -> tuple[dict | None, int]:
-    """One case preprocessed into Ray's object store, and 1 (or 0 when it was unusable). ``after``, the count
-    of the case ``at_once`` places earlier, is only waited for: it bounds how many cases preprocess at once."""
+def _keep_case(row: dict, after, columns: list[str], kwargs: dict) -> tuple[dict | None, int]:
+    """One case's ``columns`` preprocessed into Ray's object store, and 1 (or ``None`` and 0 when it was
+    unusable). ``after``, the count of the case ``at_once`` places earlier, is only waited for: it bounds
+    how many cases preprocess at once."""
     rows = _volume_row(row, **kwargs)
-    return (rows[0] if rows else None), len(rows)
+    return ({k: rows[0][k] for k in columns} if rows else None), len(rows)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainVolumes:
-    """The training volumes of a run: ``dataset`` (what Ray Train consumes) and, for kept volumes,
-    ``usable``: one Ray object ref per listed case of its count (1, or 0 when the case was unusable and
-    quarantined), ready once the case is preprocessed."""
+    """A run's training volumes: ``kept`` in Ray's object store (read by the workers), or a ``dataset``
+    Ray Data streams to them (from the source every epoch, or from the cache)."""
 
-    dataset: ray.data.Dataset
-    usable: tuple = ()
+    dataset: ray.data.Dataset | None = None
+    kept: KeptVolumes | None = None
 
 
 def train_volumes(
@@ -255,8 +255,8 @@ def train_volumes(
     the volumes are preprocessed once and kept in Ray's object store (``data.keep_volumes``) or
     preprocessed again every epoch; a cache is streamed from disk every epoch.
 
-    Kept volumes are preprocessed by Ray tasks, one per case, started here; the run starts at once (the
-    workers build their engines meanwhile) and reads them every epoch with a CPU-free task.
+    Kept volumes are preprocessed by Ray tasks, one per case, started here; the run can start at once (its
+    workers import and build their engines meanwhile), and the workers read them from the object store.
 
     Args:
         data: the data config; with ``cache_dir`` its recipe and spacing must match the cache's manifest.
@@ -271,30 +271,28 @@ def train_volumes(
     if data.cache_dir:
         manifest = read_manifest(data.cache_dir)
         cache_matches(manifest, data, data.recipe or manifest["recipe"])
-        return TrainVolumes(read_volumes(data.cache_dir, split).select_columns(columns))
+        return TrainVolumes(dataset=read_volumes(data.cache_dir, split).select_columns(columns))
     if not data.keep_volumes:
-        return TrainVolumes(case_dataset(data, split, source).select_columns(columns))
+        return TrainVolumes(dataset=case_dataset(data, split, source).select_columns(columns))
     source = source or resolve_source(data)
     recipe = resolve_recipe(data, source)
     cases = _select(source, split, data)
     _record_missing(source, data, None)
-    kwargs = dict(keep_label=all(c.label is not None for c in cases), recipe=recipe, spacing=data.spacing,
-                  size_2d=image_size_2d(data), channels=source.channels, quarantine=None, strict=data.strict)
+    kwargs = dict(keep_label="label" in columns and all(c.label is not None for c in cases), recipe=recipe,
+                  spacing=data.spacing, size_2d=image_size_2d(data), channels=source.channels, quarantine=None,
+                  strict=data.strict)
     window = at_once or max(1, int(ray.cluster_resources().get("CPU", 1)))
     volumes, usable = [], []
     for i, item in enumerate(_items(cases)):
         # "DEFAULT": outside a sweep trial's placement group, as Ray Data's own tasks
         volume, count = _keep_case.options(num_returns=2, scheduling_strategy="DEFAULT").remote(
-            item, usable[i - window] if i >= window else None, kwargs)
+            item, usable[i - window] if i >= window else None, columns, kwargs)
         volumes.append(volume)
         usable.append(count)
-    with dataset_context():
-        # one block: the volumes arrive in the listing's order every epoch (the crops' order follows it)
-        listing = ray.data.from_items([{"index": i} for i in range(len(cases))], override_num_blocks=1)
-        dataset = listing.flat_map(kept_row, fn_kwargs={"volumes": volumes, "columns": columns}, num_cpus=0)
+    kept = KeptVolumes(tuple(volumes), tuple(usable))
     if not at_once or data.strict:  # strict: a bad input stops the run before it starts
-        ray.get(usable)
-    return TrainVolumes(dataset, tuple(usable))
+        kept.counts()
+    return TrainVolumes(kept=kept)
 
 
 # --------------------------------------------------------------------------- prepare

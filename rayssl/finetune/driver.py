@@ -149,7 +149,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
              len(report["loaded"]), len(report["new"]), plan.run.path)
 
     volumes = train_volumes(cfg.data, ["image", spec.target_key], "train", plan.source, spare_cpus(cfg.scale))
-    worker_plan = dataclasses.replace(plan, source=None, load_report={}, test_cases=[], usable=volumes.usable)
+    worker_plan = dataclasses.replace(plan, source=None, load_report={}, test_cases=[], kept=volumes.kept)
     result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": worker_plan}, cfg.scale, cfg.data,
                        cfg.run, plan.run, volumes.dataset, callbacks)
     last = result.metrics or {}

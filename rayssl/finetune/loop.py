@@ -24,8 +24,8 @@ from rayssl.finetune.weights import load_pretrained
 from rayssl.train.checkpoint import read_safetensors, resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, full_state_dict
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, started_now,
-                                 steps_per_epoch, total_steps, train_epochs)
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps,
+                                 train_epochs, volume_stream)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def train_loop_per_worker(config: dict) -> None:
     plan = config["plan"]
     spec = plan.spec
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
-    rows = started_now(ray.train.get_dataset_shard("train").iter_rows)  # the data starts while the engine builds
+    rows = volume_stream(plan.kept, ctx.rank, ctx.world)  # a dataset shard starts reading while the engine builds
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, spec.channels, spec.num_classes)

@@ -84,7 +84,7 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
         log.info("preparing %d training cases (%s)", plan.num_cases, "from the cache" if cfg.data.cache_dir else
                  "read and preprocessed once, kept in Ray's object store" if cfg.data.keep_volumes else "streamed")
         volumes = train_volumes(cfg.data, ["image"], "train", plan.source, spare_cpus(cfg.scale))
-        ds, plan = volumes.dataset, dataclasses.replace(plan, usable=volumes.usable)
+        ds, plan = volumes.dataset, dataclasses.replace(plan, kept=volumes.kept)
     else:
         ds = dataset.select_columns(["case_id", "image"])
         shape = dataset.take(1)[0]["image"].shape

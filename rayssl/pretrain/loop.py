@@ -15,8 +15,8 @@ from rayssl.pretrain.preview import save_preview
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import deepspeed_config, ensure_cpu_accelerator
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb, started_now,
-                                 steps_per_epoch, total_steps, train_epochs)
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb,
+                                 steps_per_epoch, total_steps, train_epochs, volume_stream)
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = PretrainConfig.model_validate(config["cfg"])
     plan = config["plan"]
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
-    rows = started_now(ray.train.get_dataset_shard("train").iter_rows)  # the data starts while the engine builds
+    rows = volume_stream(plan.kept, ctx.rank, ctx.world)  # a dataset shard starts reading while the engine builds
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
 

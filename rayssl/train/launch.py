@@ -10,11 +10,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rayssl.config import DataConfig, RunConfig, ScaleConfig
 from rayssl.data.io import is_uri
 from rayssl.logs import VERBOSE_ENV, verbose
+
+if TYPE_CHECKING:
+    from rayssl.data.kept import KeptVolumes
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +96,14 @@ class RunPlan:
     """Peak learning rate (the batch scaling rule applied)."""
     recipe: str | None
     """The preprocessing recipe of the training volumes."""
-    usable: tuple = field(default=(), kw_only=True)
-    """Kept volumes: :attr:`rayssl.data.pipeline.TrainVolumes.usable` (the run may start before they are
-    all preprocessed)."""
+    kept: KeptVolumes | None = field(default=None, kw_only=True)
+    """The training volumes, when they are kept in Ray's object store (the run may start before they are all
+    preprocessed); else the workers read the ``"train"`` dataset shard."""
 
     def training_cases(self) -> int:
-        """The training cases left after quarantine: counted from ``usable`` (waiting for the preprocessing),
-        else ``num_cases``.
-
-        Raises:
-            ValueError: every training case was unusable.
-        """
-        if not self.usable:
-            return self.num_cases
-        import ray
-
-        usable = sum(ray.get(list(self.usable)))
-        if usable == 0:
-            raise ValueError(f"all {len(self.usable)} training cases were unusable (quarantined; see the warnings)")
-        return usable
+        """The training cases left after quarantine: counted from ``kept`` (waiting for the preprocessing),
+        else ``num_cases``."""
+        return self.kept.cases() if self.kept else self.num_cases
 
 
 def run_dir(run: RunConfig, default_name: str) -> RunDir:
@@ -198,7 +190,8 @@ def scaling_config(scale: ScaleConfig, data: DataConfig):
 
 def fit(loop: Callable[[dict], None], loop_config: dict, scale: ScaleConfig, data: DataConfig, run: RunConfig,
         where: RunDir, dataset, callbacks: list | None = None):
-    """Build a ``TorchTrainer`` running ``loop`` on ``dataset`` (as the ``"train"`` shard) and fit it.
+    """Build a ``TorchTrainer`` running ``loop`` on ``dataset`` (as the ``"train"`` shard; ``None`` when the
+    workers read kept volumes) and fit it.
 
     Re-running with the same ``where.name`` resumes from the run's last checkpoint.
 
@@ -224,7 +217,7 @@ def fit(loop: Callable[[dict], None], loop_config: dict, scale: ScaleConfig, dat
             # Ray Train's own console lines (worker group start, every report) only with --verbose
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         ),
-        datasets={"train": dataset},
+        datasets={"train": dataset} if dataset is not None else None,
     )
     t0 = time.perf_counter()
     result = trainer.fit()

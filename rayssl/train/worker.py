@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from rayssl.config import DataConfig, ScaleConfig
 from rayssl.data.crops import epoch_batches
+from rayssl.data.kept import KeptVolumes
 from rayssl.logs import configure_logging
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.engine import resolve_precision
@@ -216,6 +217,16 @@ def started_now(rows: Callable[[], Iterable[dict]]) -> Callable[[], Iterable[dic
         return first[0]
 
     return epoch_rows
+
+
+def volume_stream(kept: KeptVolumes | None, rank: int, world: int) -> Callable[[], Iterable[dict]]:
+    """This worker's training volumes, one stream per epoch: its share of the ``kept`` volumes, else its
+    ``"train"`` dataset shard, whose first epoch starts now in the background (:func:`started_now`)."""
+    if kept:
+        return kept.epoch_rows(rank, world)
+    import ray.train
+
+    return started_now(ray.train.get_dataset_shard("train").iter_rows)
 
 
 def _with_last(items: Iterable) -> Iterator[tuple[object, bool]]:
