@@ -3,7 +3,8 @@
 ``ray.data.from_items`` holds the cheap case listing (one block per case or few cases, so decoding
 runs in parallel); a ``flat_map`` reads and preprocesses one case (``load_case``). This is the
 expensive, deterministic part of the data flow and runs once per case: into Ray's object store for a
-run (``train_volumes``) or into a Parquet cache (``prepare``). The cheap, random part, new crops and
+run (``train_volumes``: one Ray task per case, read by the workers through :mod:`rayssl.data.kept`) or
+into a Parquet cache (``prepare``). The cheap, random part, new crops and
 flips every epoch, runs on the training workers (:mod:`rayssl.data.crops`). Execution streams: memory
 is bounded by the blocks in flight, never by the dataset size.
 
