@@ -102,17 +102,15 @@ def test_first_epoch_rows_start_before_they_are_asked_for():
 
     from rayssl.train.worker import started_now
 
-    calls, asked = [], threading.Event()
+    calls, called = [], threading.Event()
 
     def rows():
         calls.append(threading.current_thread().name)
+        called.set()
         return iter([{"epoch": len(calls) - 1, "i": i} for i in range(3)])
 
     epoch_rows = started_now(rows)
-    for _ in range(100):  # the first stream is drawn in the background before anyone asks
-        if calls:
-            break
-        asked.wait(0.01)
+    called.wait(60)  # the first stream is drawn in the background before anyone asks
     assert calls == ["rayssl-first-rows"]
     assert [r["i"] for r in epoch_rows()] == [0, 1, 2]  # all rows, the prefetched one first
     assert [r["epoch"] for r in epoch_rows()] == [1, 1, 1] and calls[1] == threading.current_thread().name

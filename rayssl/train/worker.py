@@ -13,17 +13,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from rayssl.config import DataConfig, ScaleConfig
 from rayssl.data.crops import epoch_batches
-from rayssl.data.kept import KeptVolumes
 from rayssl.logs import configure_logging
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.engine import resolve_precision
 from rayssl.train.trackers import Tracker
+
+if TYPE_CHECKING:
+    from rayssl.data.kept import KeptVolumes
 
 log = logging.getLogger(__name__)
 
