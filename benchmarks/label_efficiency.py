@@ -1,7 +1,7 @@
 """Label efficiency of self pre-training: test Dice against the number of labelled training cases.
 
     python benchmarks/label_efficiency.py --source SPEC [--recipe NAME] [--methods mae,genesis] [--labelled 1,2,4]
-        [--seeds 3] [--pretrain-epochs N] [--epochs N] [--roi R] [--spacing MM] [--out DIR]
+        [--seeds 3] [--pretrain-epochs N] [--epochs N] [--roi R] [--spacing MM] [--layer-decay D] [--out DIR]
 
 Protocol:
 
@@ -20,6 +20,10 @@ Protocol:
 MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own).
 Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
 (``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI.
+``--layer-decay`` sets the UNETR arms' layer-wise lr decay (default: the preset's 0.75). A diagnostic:
+``--methods mae --layer-decay 0.001`` all but freezes the ViT encoder (its last block trains at 1e-3 of the
+decoder's lr, the earlier ones at 1e-6 and less), so the pre-trained arm fine-tunes a decoder on the
+pre-trained features and the scratch arm the same decoder on random features.
 
 Writes ``DIR/label_efficiency.json`` (``rows``, ``summary``, ``settings``) and ``DIR/label_efficiency.png``,
 prints the summary table; the last printed line is the JSON path. Re-running with the same ``--out`` and
@@ -56,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--roi", type=int, default=32, help="cubic crop size for pre-training and fine-tuning")
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel spacing in mm of every arm "
                    "(the tiny presets' 3 mm; 0: the recipe's own)")
+    p.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay of the UNETR arms "
+                   "(default: the preset's; 0.001 all but freezes the encoder)")
     p.add_argument("--out", default="runs/benchmarks/label_efficiency")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -65,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--methods: unknown {bad or 'empty'}; choose from mae, genesis")
     if not args.labelled or min(args.labelled) < 1 or args.seeds < 1:
         p.error("--labelled needs positive integers and --seeds >= 1")
+    if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
+        p.error(f"--layer-decay {args.layer_decay} must be in (0, 1]")
     return args
 
 
@@ -161,6 +169,7 @@ def main(argv=None) -> None:
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     roi = f"data.roi=[{args.roi},{args.roi},{args.roi}]"
     spacing = f"data.spacing=[{args.spacing},{args.spacing},{args.spacing}]" if args.spacing > 0 else "data.spacing=null"
+    decay = [] if args.layer_decay is None else [f"model.layer_decay={args.layer_decay}"]
     common = [f"data.source={args.source}", roi, spacing, *SPLIT, f"run.storage_path={out}", "run.preview_every=0",
               f"scale.cpus_per_worker={cpus}"]
     print(f"[label_efficiency] {args.source}: {n_train} training cases; recipes {recipe}; methods {args.methods}; "
@@ -182,7 +191,7 @@ def main(argv=None) -> None:
         name = f"ft-{method}-{arm}-k{k}-s{seed}"
         result_file = out / name / "result.json"
         if not result_file.is_file():
-            arch = ["model.arch=unetr"] if method == "mae" else ["model.arch=genesis_unet", *GENESIS_UNET]
+            arch = ["model.arch=unetr", *decay] if method == "mae" else ["model.arch=genesis_unet", *GENESIS_UNET]
             cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
                 *common, f"data.recipe={recipe[method]}", *arch, f"pretrained={encoder if arm == 'pretrained' else 'none'}",
                 f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",

@@ -18,6 +18,9 @@ def test_arguments_and_their_errors():
         bench.parse_args(["--methods", "simclr"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--labelled", "0,2"])
+    assert bench.parse_args([]).layer_decay is None and bench.parse_args(["--layer-decay", "0.001"]).layer_decay == 0.001
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--layer-decay", "0"])
 
 
 def test_genesis_arms_get_the_unit_range_form_of_the_recipe(tmp_path):
