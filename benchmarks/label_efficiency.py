@@ -20,7 +20,7 @@ Protocol:
 MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own).
 Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
 (``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI.
-``--layer-decay`` sets the UNETR arms' layer-wise lr decay (default: the preset's 0.75). A diagnostic:
+``--layer-decay`` sets the UNETR arms' layer-wise lr decay (default: the preset's). A diagnostic:
 ``--methods mae --layer-decay 0.001`` all but freezes the ViT encoder (its last block trains at 1e-3 of the
 decoder's lr, the earlier ones at 1e-6 and less), so the pre-trained arm fine-tunes a decoder on the
 pre-trained features and the scratch arm the same decoder on random features.
@@ -84,6 +84,13 @@ def recipes(source: str, recipe: str | None) -> dict[str, str]:
 
     mae = recipe or resolve_source(DataConfig(source=source)).recipe
     return {"mae": mae, "genesis": genesis_recipe(mae)}
+
+
+def model_overrides(method: str, layer_decay: float | None) -> list[str]:
+    """The fine-tuned network of a method's arms: UNETR (with ``layer_decay`` if given) or the Genesis U-Net."""
+    if method == "genesis":
+        return ["model.arch=genesis_unet", *GENESIS_UNET]
+    return ["model.arch=unetr", *([] if layer_decay is None else [f"model.layer_decay={layer_decay}"])]
 
 
 def check_labelled(source: str, labelled: list[int]) -> int:
@@ -169,7 +176,6 @@ def main(argv=None) -> None:
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     roi = f"data.roi=[{args.roi},{args.roi},{args.roi}]"
     spacing = f"data.spacing=[{args.spacing},{args.spacing},{args.spacing}]" if args.spacing > 0 else "data.spacing=null"
-    decay = [] if args.layer_decay is None else [f"model.layer_decay={args.layer_decay}"]
     common = [f"data.source={args.source}", roi, spacing, *SPLIT, f"run.storage_path={out}", "run.preview_every=0",
               f"scale.cpus_per_worker={cpus}"]
     print(f"[label_efficiency] {args.source}: {n_train} training cases; recipes {recipe}; methods {args.methods}; "
@@ -191,9 +197,9 @@ def main(argv=None) -> None:
         name = f"ft-{method}-{arm}-k{k}-s{seed}"
         result_file = out / name / "result.json"
         if not result_file.is_file():
-            arch = ["model.arch=unetr", *decay] if method == "mae" else ["model.arch=genesis_unet", *GENESIS_UNET]
             cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
-                *common, f"data.recipe={recipe[method]}", *arch, f"pretrained={encoder if arm == 'pretrained' else 'none'}",
+                *common, f"data.recipe={recipe[method]}", *model_overrides(method, args.layer_decay),
+                f"pretrained={encoder if arm == 'pretrained' else 'none'}",
                 f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",
                 f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 2)}",
                 "eval.save_predictions=0", "eval.overlays=0", "eval.hd95=false", f"run.name={name}"])

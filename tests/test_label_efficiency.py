@@ -23,6 +23,18 @@ def test_arguments_and_their_errors():
         bench.parse_args(["--layer-decay", "0"])
 
 
+def test_layer_decay_reaches_the_unetr_arms_only():
+    from rayssl.config import FinetuneConfig, load_config
+
+    def model(method, decay):
+        return load_config(FinetuneConfig, "finetune", "tiny", overrides=bench.model_overrides(method, decay)).model
+
+    preset = load_config(FinetuneConfig, "finetune", "tiny").model.layer_decay
+    assert model("mae", None).arch == "unetr" and model("mae", None).layer_decay == preset
+    assert model("mae", 0.001).layer_decay == 0.001
+    assert model("genesis", 0.001).arch == "genesis_unet" and model("genesis", 0.001).layer_decay == preset
+
+
 def test_genesis_arms_get_the_unit_range_form_of_the_recipe(tmp_path):
     from rayssl.data.synthetic import make_mri_phantoms
 
