@@ -393,9 +393,15 @@ class ScaleConfig(Strict):
     """DeepSpeed ZeRO stage (0-3)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU."""
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    """``torch.compile`` mode of the network (``fullgraph=True``); ``reduce-overhead`` and ``max-autotune`` add
+    CUDA graphs. ``auto``: ``default`` on GPU, ``off`` on CPU and under ZeRO-3 (its parameter hooks)."""
 
     @model_validator(mode="after")
     def _check(self) -> "ScaleConfig":
+        if self.compile not in ("auto", "off") and self.zero_stage == 3:
+            raise ValueError(f"compile={self.compile} needs zero_stage 0-2: ZeRO-3 gathers each layer's weights in "
+                             "hooks that a full-graph compile cannot trace; use compile=off or auto")
         w = self.num_workers
         if isinstance(w, tuple) and not (1 <= w[0] <= w[1]):
             raise ValueError(f"num_workers=[min, max] needs 1 <= min <= max, got {list(w)}")

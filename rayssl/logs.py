@@ -22,6 +22,17 @@ HARMLESS = (  # (message regex, category): warnings libraries raise on every run
     (r".*torch\.cuda\.amp\..* is deprecated", FutureWarning),
     (r".*`torch\.library\.impl_abstract` was renamed", FutureWarning),
     (r".*`ExecutionOptions\.exclude_resources` is deprecated", DeprecationWarning),  # set by Ray Train itself
+    (r"barrier\(\): using the device under current context", UserWarning),  # Ray Train's process group, on GPUs
+)
+QUIET_ENV = {"TORCH_CPP_LOG_LEVEL": "ERROR"}
+"""Environment of a quiet job's processes: torch's C++ warnings off (c10d's "hostname of the client socket cannot
+be retrieved" on GPU nodes; its errors still show)."""
+NOT_RUN_ERRORS = (  # (logger, why): lines about conditions that are not errors of the run, at debug level
+    ("ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
+     "its resource request to the autoscaling coordinator times out on a single node or a busy head; Ray says "
+     "it is safe to ignore, and the run's resources come from its placement group"),
+    ("ray.train.v2._internal.callbacks.preemption_callback",
+     "stopping the preemption watcher of a finished worker group"),
 )
 
 
@@ -79,6 +90,10 @@ def quiet_process() -> None:
     # Ray Train's placement-group cleaner asks the state API (the dashboard) every second whether the run's
     # controller lives; without a dashboard each try is a warning, and the sweep frees the groups itself
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    for name, _why in NOT_RUN_ERRORS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     if not getattr(threading.excepthook, "_rayssl", False):
         threading.excepthook = _quiet_cleaner_threads(threading.excepthook)
     for message, category in HARMLESS:

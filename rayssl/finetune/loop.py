@@ -22,7 +22,7 @@ from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, build_loss, load_eval_cases
 from rayssl.finetune.weights import load_pretrained
 from rayssl.train.checkpoint import read_safetensors, resume_engine, save_checkpoint
-from rayssl.train.engine import deepspeed_config, full_state_dict
+from rayssl.train.engine import compile_model, deepspeed_config, full_state_dict, resolve_compile
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
 from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps,
                                  train_epochs, volume_stream)
@@ -54,6 +54,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, spec.channels, spec.num_classes)
     load_pretrained(model, plan.pretrained)
+    compile_model(model, resolve_compile(cfg.scale, ctx.device.type == "cuda"))
     loss_fn = build_loss(spec)
     spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
     steps = total_steps(spe, cfg.epochs, cfg.max_steps)
@@ -97,7 +98,8 @@ def train_loop_per_worker(config: dict) -> None:
     def validate_and_report() -> None:
         validated_at[0] = state.step
         train_loss, samples_per_s = window.mean(), window.samples_per_s(ctx.world)
-        metrics = validation_metric(engine.module, val_cases, cfg, spec, ctx.device) if ctx.rank == 0 else None
+        with torch.compiler.set_stance("force_eager"):  # sliding windows: other batch sizes, eval mode
+            metrics = validation_metric(engine.module, val_cases, cfg, spec, ctx.device) if ctx.rank == 0 else None
         metrics = broadcast(metrics)
         value = metrics["val_metric"]
         improved = value == value and (state.best_metric is None or value > state.best_metric)
@@ -130,7 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
     engine.train()
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs, steps=steps, batch_size=cfg.batch_size,
                  grad_accum=cfg.optim.grad_accum, columns=["image", spec.target_key], shuffle_seed=ctx.rank,
-                 world=ctx.world, step=step, window=window, after_epoch=after_epoch)
+                 world=ctx.world, step=step, window=window, after_epoch=after_epoch,
+                 device=None if spec.classification and augment is not None else ctx.device)  # RandAugment: PIL, CPU
     if validated_at[0] != state.step:  # stopped by max_steps inside an epoch
         validate_and_report()
     ctx.close()

@@ -96,7 +96,7 @@ class GenesisUNet(nn.Module):
         if x.ndim != 2 + self.spatial_dims or any(s % 8 for s in x.shape[2:]):
             raise ValueError(f"input must be [N, C, *spatial] with {self.spatial_dims} spatial dims each "
                              f"divisible by 8, got {list(x.shape)}")
-        values = math.prod(s // 8 for s in x.shape[2:]) * (x.shape[0] if self.norm == "batch" else 1)
+        values = math.prod([s // 8 for s in x.shape[2:]]) * (x.shape[0] if self.norm == "batch" else 1)
         if self.norm != "group" and values == 1:  # one value per channel: no statistics to normalise with
             raise ValueError(f"norm={self.norm!r} needs more than one bottleneck voxel (input > 8 voxels on "
                              f"some axis{', or a batch > 1' if self.norm == 'batch' else ''}), got {list(x.shape)}")

@@ -13,7 +13,7 @@ from rayssl.config import PretrainConfig
 from rayssl.pretrain.methods import build_model, build_objective
 from rayssl.pretrain.preview import save_preview
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
-from rayssl.train.engine import deepspeed_config, ensure_cpu_accelerator
+from rayssl.train.engine import compile_model, deepspeed_config, ensure_cpu_accelerator, resolve_compile
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
 from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb,
                                  steps_per_epoch, total_steps, train_epochs, volume_stream)
@@ -35,7 +35,8 @@ def train_loop_per_worker(config: dict) -> None:
     base_mem = peak_memory_mb(ctx.device)  # the process before the model: libraries, Ray, DeepSpeed
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg, plan.channels)
+    compile_mode = resolve_compile(cfg.scale, ctx.device.type == "cuda")
+    model = compile_model(build_model(cfg, plan.channels), compile_mode)
     objective = build_objective(cfg)
     spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
     steps = total_steps(spe, cfg.epochs, cfg.max_steps)
@@ -53,8 +54,8 @@ def train_loop_per_worker(config: dict) -> None:
     )
     ctx.resumed(state, resumed, cfg.run.tracker, plan.run.name, config["cfg"])
     if ctx.files:
-        log.info("%s engine built on %s (%s, ZeRO-%d); training", cfg.model.method, ctx.device, ctx.precision,
-                 cfg.scale.zero_stage)
+        log.info("%s engine built on %s (%s, ZeRO-%d, compile %s); training", cfg.model.method, ctx.device,
+                 ctx.precision, cfg.scale.zero_stage, compile_mode)
 
     generator = ctx.generator(cfg.seed, state.step)
     window, eta = LossWindow(), Eta(state.step, steps)
@@ -62,7 +63,7 @@ def train_loop_per_worker(config: dict) -> None:
     last_loss = [float("nan")]
 
     def step(batch: dict) -> tuple[torch.Tensor, int]:
-        x = batch["image"].to(device=ctx.device, dtype=torch.float32)
+        x = batch["image"].to(device=ctx.device, dtype=torch.float32)  # on the device already: on_device
         if not preview_batch:
             preview_batch.append(x[:2].clone())
         loss = objective.loss(engine, x, generator, ctx.dtype)
@@ -98,7 +99,9 @@ def train_loop_per_worker(config: dict) -> None:
         if not preview_batch:
             return
         engine.module.eval()
-        rows = objective.preview(engine.module, preview_batch[0], torch.Generator(device=ctx.device).manual_seed(0), ctx.dtype)
+        with torch.compiler.set_stance("force_eager"):  # another batch size and mode: no recompile for one preview
+            rows = objective.preview(engine.module, preview_batch[0], torch.Generator(device=ctx.device).manual_seed(0),
+                                     ctx.dtype)
         engine.module.train()
         if ctx.files:
             save_preview(rows, ctx.files.path(f"previews/{tag}.png"), f"{cfg.model.method} {tag} loss {last_loss[0]:.4f}")
@@ -118,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs,
                  steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.optim.grad_accum, columns=["image"],
                  shuffle_seed=ctx.rank, world=ctx.world, step=step, window=window, after_step=after_step,
-                 after_epoch=after_epoch)
+                 after_epoch=after_epoch, device=ctx.device)
     preview("final")
     report(with_checkpoint=True)
     ctx.close()

@@ -25,6 +25,22 @@ def resolve_precision(scale: ScaleConfig, on_gpu: bool) -> str:
     return scale.precision
 
 
+def resolve_compile(scale: ScaleConfig, on_gpu: bool) -> str:
+    """The ``torch.compile`` mode of a run: ``scale.compile``, where ``auto`` is ``default`` on GPU (ZeRO 0-2)
+    and ``off`` on CPU, where compiling costs a minute per network and the step is not launch-bound."""
+    if scale.compile != "auto":
+        return scale.compile
+    return "default" if on_gpu and scale.zero_stage < 3 else "off"
+
+
+def compile_model(model: nn.Module, mode: str) -> nn.Module:
+    """Compile ``model`` in place (``nn.Module.compile``: its state-dict names stay), as one graph
+    (``fullgraph=True``: a graph break is an error, not a silent slowdown); ``mode`` ``off`` leaves it eager."""
+    if mode != "off":
+        model.compile(fullgraph=True, mode=mode)
+    return model
+
+
 def zero_buffer_sizes(model: nn.Module, zero_stage: int) -> dict:
     """ZeRO bucket and live-parameter limits scaled to the model's largest layer.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from rayssl.config import DataConfig, RunConfig, ScaleConfig
 from rayssl.data.io import is_uri
-from rayssl.logs import VERBOSE_ENV, verbose
+from rayssl.logs import QUIET_ENV, VERBOSE_ENV, verbose
 
 if TYPE_CHECKING:
     from rayssl.data.kept import KeptVolumes
@@ -41,7 +41,7 @@ def init_ray() -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], logging_config=logging_config)
     else:
         log.info("starting a local Ray")
-        env = {VERBOSE_ENV: "1"} if verbose() else {}
+        env = {VERBOSE_ENV: "1"} if verbose() else dict(QUIET_ENV)
         ray.init(include_dashboard=False, runtime_env={"worker_process_setup_hook": "rayssl.logs.quiet_process",
                                                        "env_vars": env}, logging_config=logging_config)
     log.info("Ray up in %.1f s: %g CPUs, %g GPUs", time.perf_counter() - t0, ray.cluster_resources().get("CPU", 0),

@@ -67,9 +67,11 @@ def make_optimizer(optim: OptimConfig, lr: float) -> Callable[[list], torch.opti
 
     def build(groups: list) -> torch.optim.Optimizer:
         groups = [{k: v for k, v in g.items() if k != "names"} if isinstance(g, dict) else g for g in groups]
+        on_gpu = any(p.is_cuda for g in groups for p in (g["params"] if isinstance(g, dict) else [g]))
+        fused = True if on_gpu else None  # one kernel for all parameters on a GPU; torch's default elsewhere
         if optim.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=lr, betas=optim.betas)
-        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum)
+            return torch.optim.AdamW(groups, lr=lr, betas=optim.betas, fused=fused)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, fused=fused)
 
     return build
 

@@ -170,20 +170,27 @@ def broadcast(obj):
 
 
 class LossWindow:
-    """Losses and samples since the window was last reset (one worker's)."""
+    """Losses and samples since the window was last reset (one worker's).
+
+    The losses add up on their device: nothing waits for the GPU until :meth:`mean` reads the sum, once per
+    report, so the hot loop queues steps without a host sync.
+    """
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.total, self.count, self.samples, self.t0 = 0.0, 0, 0, time.perf_counter()
+        self.total: torch.Tensor | float = 0.0
+        self.count, self.samples, self.t0 = 0, 0, time.perf_counter()
 
-    def add(self, loss: float, samples: int) -> None:
-        self.total, self.count, self.samples = self.total + loss, self.count + 1, self.samples + samples
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        """Add one micro-batch's loss (a tensor, kept on its device) and its number of samples."""
+        self.total = self.total + loss.detach().float()
+        self.count, self.samples = self.count + 1, self.samples + samples
 
     def mean(self) -> float:
-        """The window's mean loss over all workers (a collective)."""
-        return all_mean(self.total / max(1, self.count))
+        """The window's mean loss over all workers (a collective; the one read of the losses)."""
+        return all_mean(float(self.total) / max(1, self.count))
 
     def samples_per_s(self, world: int) -> float:
         """Samples per second of all workers, assuming each trained as many as this one."""
@@ -232,6 +239,22 @@ def volume_stream(kept: KeptVolumes | None, rank: int, world: int) -> Callable[[
     return started_now(ray.train.get_dataset_shard("train").iter_rows)
 
 
+def on_device(batches: Iterable[dict[str, torch.Tensor]], device: torch.device | None) -> Iterator[dict[str, torch.Tensor]]:
+    """``batches`` on ``device``. On a GPU each batch is pinned and copied without blocking one batch ahead, so
+    the copy overlaps the step before it; elsewhere (CPU, or ``device`` None) the batches pass unchanged."""
+    if device is None or device.type != "cuda":
+        yield from batches
+        return
+    ahead = None
+    for batch in batches:
+        moved = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        if ahead is not None:
+            yield ahead
+        ahead = moved
+    if ahead is not None:
+        yield ahead
+
+
 def _with_last(items: Iterable) -> Iterator[tuple[object, bool]]:
     """``(item, is_last)`` pairs."""
     it = iter(items)
@@ -261,6 +284,7 @@ def train_epochs(
     window: LossWindow,
     after_step: Callable[[], None] | None = None,
     after_epoch: Callable[[], None] | None = None,
+    device: torch.device | None = None,
 ) -> None:
     """Train until ``steps`` optimiser steps or ``epochs`` epochs, on fresh crops every epoch.
 
@@ -279,15 +303,16 @@ def train_epochs(
         window: receives each micro-batch's loss.
         after_step: called after each optimiser step but the last.
         after_epoch: called after each completed epoch.
+        device: where the batches go before ``step`` (:func:`on_device`); ``None``: they stay on the CPU.
     """
     micro = 0
     while state.step < steps and state.epoch < epochs:
-        batches = epoch_batches(rows(), data, state.epoch, batch_size, columns, shuffle_seed)
+        batches = on_device(epoch_batches(rows(), data, state.epoch, batch_size, columns, shuffle_seed), device)
         for i, (batch, last) in enumerate(_with_last(batches)):
             if i < state.batch_in_epoch:
                 continue
             loss, n = step(batch)
-            window.add(float(loss.detach()), n)
+            window.add(loss, n)
             micro += 1
             state.batch_in_epoch = i + 1
             state.samples += n * world
