@@ -1,7 +1,8 @@
 """GPU step throughput and MFU of rayssl's models, portable to a bare CUDA machine.
 
     python benchmarks/gpu_step.py [--peak-tflops 989] [--steps 20] [--warmup 5] [--only CASE,...]
-                                  [--no-compile] [--tiny] [--out gpu_step.json]
+                                  [--batches 8,32,128] [--sw-batches 4,16,32] [--no-compile] [--deepspeed]
+                                  [--e2e [--e2e-batch 64 --e2e-steps 60]] [--tiny] [--out gpu_step.json]
 
 Needs only torch, timm, monai, numpy and rayssl's model code (``rayssl/models``, ``rayssl/pretrain/genesis.py``):
 no Ray, no DeepSpeed, so it runs where only those can be installed (``PYTHONPATH=. python benchmarks/gpu_step.py``
@@ -15,6 +16,18 @@ from a checkout). For each of fp32 and bf16 autocast, with and without ``torch.c
 * ``sliding_window``: UNETR sliding-window inference (96^3 windows, overlap 0.5) over a 512 x 512 x 200
   volume, volumes/s.
 * ``genesis``: Models Genesis corruptions of 64 x 64 x 32 sub-volumes on the device, samples/s.
+
+Precisions: ``fp32``; ``bf16-autocast`` (fp32 weights, every weight cast each step); ``bf16`` (bf16 weights, as
+DeepSpeed's bf16 mode holds them; no per-step casts). ``--batches`` sweeps the 3D MAE's and UNETR's batch,
+``--sw-batches`` the sliding window's ``sw_batch_size``. Compiled rows use ``torch.compile(fullgraph=True)`` as
+``scale.compile`` does. Each row says what bounds it: on CUDA the profiler's kernel time per step against the
+step's wall time (``launch-bound`` when kernels fill less than half of it, else ``GPU-bound``).
+
+``--deepspeed`` adds rows through rayssl's own training step (needs DeepSpeed and pydantic): the engine built
+by ``deepspeed.initialize`` from rayssl's DeepSpeed config, parameter groups and optimiser, bf16 on GPU (fp32 on
+CPU), ZeRO 0 and 2, eager and compiled, the step of ``rayssl/pretrain/loop.py`` (objective, ``engine.backward``,
+``engine.step``). ``--e2e`` runs ``jobs/pretrain.py --preset mae3d_btcv`` on synthetic CT on one GPU and reports
+the time to its first loss line and its samples/s from the loss lines (needs the whole stack: Ray too).
 
 On a machine without CUDA it runs the same cases at a tiny size (``--tiny``), in fp32, so that a test keeps
 it working; those figures mean nothing. It prints one table, says which attention kernel the ViT blocks
@@ -96,6 +109,27 @@ def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def gpu_busy_s(fn, device: torch.device, steps: int = 3) -> float | None:
+    """Seconds of GPU kernels per call of ``fn`` (the profiler's device time); ``None`` without CUDA."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize(device)
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    return sum(e.device_time for e in kernels) / 1e6 / steps
+
+
+def bound(busy: float | None, wall: float) -> str:
+    """What bounds a step: ``launch-bound`` when its kernels fill under half its wall time, else ``GPU-bound``."""
+    if busy is None:
+        return "-"
+    return f"{'launch-bound' if busy < 0.5 * wall else 'GPU-bound'} (kernels {100 * busy / wall:.0f}%)"
+
+
 def build(case: str, s: dict, device: torch.device):
     """``(module, make_batch, step(module, batch))`` of a case."""
     if case in ("mae3d", "mae2d"):
@@ -121,44 +155,126 @@ def build(case: str, s: dict, device: torch.device):
     raise ValueError(case)
 
 
-def train_case(case: str, s: dict, device, dtype, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
+def _cast(batch, dtype):
+    return batch.to(dtype) if torch.is_tensor(batch) else (batch[0].to(dtype), batch[1])
+
+
+def train_case(case: str, s: dict, device, precision: str, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
+    """Forward + backward + fused AdamW step of a case, standalone: ``precision`` fp32, bf16-autocast or bf16."""
     model, make_batch, loss_of = build(case, s, device)
+    weights = torch.bfloat16 if precision == "bf16" else torch.float32
+    model.to(weights)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    fwd = torch.compile(model) if compile_ else model
-    batch = make_batch()
+    fwd = torch.compile(model, fullgraph=True) if compile_ else model
+    batch = _cast(make_batch(), weights)
+    autocast = precision == "bf16-autocast"
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = loss_of(fwd, batch)
-        loss.backward()
+        loss.float().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()  # compile, allocate
-    flops = count_flops(lambda: loss_of(model, batch).backward())
+    flops = count_flops(lambda: loss_of(model, batch).float().backward())
     opt.zero_grad(set_to_none=True)
     sec = timed(step, steps, warmup, device)
     n = s["batch"]
     return {"samples_per_s": n / sec, "step_s": sec, "tflop_per_step": flops / 1e12,
-            "mfu": flops / sec / (peak * 1e12), "batch": n}
+            "mfu": flops / sec / (peak * 1e12), "batch": n, "bound": bound(gpu_busy_s(step, device), sec)}
 
 
-def sliding_case(s: dict, device, dtype, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
+def deepspeed_case(s: dict, device, zero: int, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
+    """The 3D MAE through rayssl's training step: rayssl's DeepSpeed engine (bf16 on GPU), objective and step."""
+    import os
+
+    import torch.distributed as dist
+
+    from rayssl.config import OptimConfig, ScaleConfig
+    from rayssl.pretrain.mae import MAEObjective
+    from rayssl.train.engine import build_engine, compile_model, deepspeed_config, resolve_precision
+    from rayssl.train.optim import make_optimizer, param_groups
+
+    if not dist.is_initialized():  # one process: the process group Ray Train would have made
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29533"), RANK="0",
+                          LOCAL_RANK="0", WORLD_SIZE="1")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    precision = resolve_precision(ScaleConfig(), device.type == "cuda")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model, make_batch, _ = build("mae3d", s, device)
+    x = make_batch()
+    flops = count_flops(lambda: model(x, mask_ratio=0.75)[0].backward())  # before the engine hooks the gradients
+    model.zero_grad(set_to_none=True)
+    compile_model(model, "default" if compile_ else "off")
+    optim = OptimConfig(grad_clip=3.0)  # the mae3d_btcv preset's clipping
+    engine = build_engine(model, param_groups(model, optim.weight_decay), make_optimizer(optim, 1e-4),
+                          lambda opt: None, deepspeed_config(s["batch"], optim, zero, precision, model))
+    objective = MAEObjective(0.75)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():  # rayssl/pretrain/loop.py's step
+        loss = objective.loss(engine, x, generator, dtype)
+        engine.backward(loss)
+        engine.step()
+
+    step()  # compile, allocate
+    sec = timed(step, steps, warmup, device)
+    return {"samples_per_s": s["batch"] / sec, "step_s": sec, "tflop_per_step": flops / 1e12,
+            "mfu": flops / sec / (peak * 1e12), "batch": s["batch"], "bound": bound(gpu_busy_s(step, device), sec),
+            "precision": precision}
+
+
+def e2e_case(preset: str, batch: int, steps: int, timeout: float) -> dict:
+    """``jobs/pretrain.py --preset PRESET`` (mae3d_btcv) on synthetic CT, one GPU: seconds to the first loss line and the
+    median samples/s of its loss lines after the first."""
+    import re
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(root / "jobs" / "pretrain.py"), "--preset", preset, "data.source=synthetic:ct:16",
+               "scale.num_workers=1", f"batch_size={batch}", f"max_steps={steps}", "run.log_every=10",
+               "data.patches_per_volume=64", "run.checkpoint_every=100000", "run.preview_every=0",
+               f"run.storage_path={tmp}/runs", f"data.synthetic_dir={tmp}/syn"]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+        first, rates, lines = None, [], []
+        for line in proc.stdout:
+            lines.append(line)
+            found = re.search(r"step (\d+)/\d+ loss \S+ lr \S+ ([\d.]+) samples/s", line)
+            if found:
+                first = first or time.perf_counter() - t0
+                if int(found.group(1)) > 1:
+                    rates.append(float(found.group(2)))
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+                break
+        proc.wait()
+    rates.sort()
+    return {"first_loss_s": first, "samples_per_s": rates[len(rates) // 2] if rates else None, "batch": batch,
+            "returncode": proc.returncode, "tail": "".join(lines[-5:])}
+
+
+def sliding_case(s: dict, device, precision: str, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
     from monai.inferers import sliding_window_inference
 
     from rayssl.models.unetr import UNETR
 
-    model = UNETR(s["roi"], s["patch"], 1, s["classes"], s["width"], s["depth"], s["heads"]).to(device).eval()
-    net = torch.compile(model) if compile_ else model
-    volume = torch.rand(1, 1, *s["volume"], device=device)
+    weights = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = UNETR(s["roi"], s["patch"], 1, s["classes"], s["width"], s["depth"], s["heads"]).to(device, weights).eval()
+    net = torch.compile(model, fullgraph=True) if compile_ else model
+    volume = torch.rand(1, 1, *s["volume"], device=device, dtype=weights)
 
     @torch.no_grad()
     def infer():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-autocast"):
             return sliding_window_inference(volume, s["roi"], s["sw_batch"], net, overlap=s["overlap"], mode="gaussian")
 
     sec = timed(infer, max(1, steps // 4), max(1, warmup // 2), device)
-    return {"volumes_per_s": 1.0 / sec, "volume_s": sec}
+    return {"volumes_per_s": 1.0 / sec, "volume_s": sec, "sw_batch": s["sw_batch"],
+            "bound": bound(gpu_busy_s(infer, device, 1), sec)}
 
 
 def genesis_case(s: dict, device, steps: int, warmup: int) -> dict:
@@ -171,13 +287,25 @@ def genesis_case(s: dict, device, steps: int, warmup: int) -> dict:
     return {"samples_per_s": s["batch"] / sec, "batch_s": sec}
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H100/H200: 989)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--only", default="", help="comma-separated cases: " + ", ".join(SIZES))
+    p.add_argument("--batches", default="", help="batch sweep of mae3d and unetr (default: the case's batch)")
+    p.add_argument("--sw-batches", default="", help="sw_batch_size sweep of sliding_window (default: the case's)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--deepspeed", action="store_true", help="add the 3D MAE through rayssl's DeepSpeed training step")
+    p.add_argument("--e2e", action="store_true", help="run jobs/pretrain.py --preset mae3d_btcv on one GPU")
+    p.add_argument("--e2e-preset", default="mae3d_btcv")
+    p.add_argument("--e2e-batch", type=int, default=64)
+    p.add_argument("--e2e-steps", type=int, default=60)
+    p.add_argument("--e2e-timeout", type=float, default=300.0)
     p.add_argument("--tiny", action="store_true", help="tiny sizes (the default without CUDA)")
     p.add_argument("--out", default="gpu_step.json")
     args = p.parse_args(argv)
@@ -185,7 +313,7 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     tiny = args.tiny or not cuda
     cases = [c for c in (args.only.split(",") if args.only else SIZES) if c]
-    dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
+    precisions = ["fp32", "bf16-autocast", "bf16"] if cuda else ["fp32"]
     compiles = [False] if args.no_compile or not cuda else [False, True]
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are real fp32
@@ -193,25 +321,45 @@ def main(argv=None) -> dict:
             "tiny": tiny, "peak_tflops": args.peak_tflops, "attention": attention_kernel(device), "rows": []}
     print(f"device: {info['device']}; torch {torch.__version__}; attention: {info['attention']}; "
           f"peak {args.peak_tflops:g} TFLOP/s{'; TINY sizes, figures mean nothing' if tiny else ''}", flush=True)
-    print(f"{'case':<15} {'dtype':<9} {'compile':<8} {'samples/s':>10} {'vol/s':>8} {'TFLOP/step':>11} {'MFU':>7}")
+    print(f"{'case':<15} {'precision':<13} {'compile':<8} {'batch':>5} {'samples/s':>10} {'vol/s':>8} "
+          f"{'TFLOP/step':>11} {'MFU':>7}  bound")
+
+    def emit(row: dict) -> None:
+        info["rows"].append(row)
+        fmt = lambda k, f: format(row[k], f) if row.get(k) is not None else "-"  # noqa: E731
+        print(f"{row['case']:<15} {row.get('precision', '-'):<13} {str(row.get('compile', '-')):<8} "
+              f"{fmt('batch', '5d') if 'batch' in row else fmt('sw_batch', '5d'):>5} {fmt('samples_per_s', '10.2f'):>10} "
+              f"{fmt('volumes_per_s', '8.3f'):>8} {fmt('tflop_per_step', '11.3f'):>11} "
+              f"{(format(100 * row['mfu'], '6.1f') + '%') if 'mfu' in row else '-':>7}  {row.get('bound', '-')}", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+
     for case in cases:
         s = SIZES[case][1 if tiny else 0]
-        for dtype in dtypes:
-            for compile_ in compiles if case != "genesis" else [False]:
-                if case == "genesis":
-                    row = genesis_case(s, device, args.steps, args.warmup)
-                elif case == "sliding_window":
-                    row = sliding_case(s, device, dtype, compile_, args.steps, args.warmup, args.peak_tflops)
-                else:
-                    row = train_case(case, s, device, dtype, compile_, args.steps, args.warmup, args.peak_tflops)
-                row.update(case=case, dtype=str(dtype).removeprefix("torch."), compile=compile_, size=s)
-                info["rows"].append(row)
-                fmt = lambda k, f: format(row[k], f) if k in row else "-"  # noqa: E731
-                print(f"{case:<15} {row['dtype']:<9} {str(compile_):<8} {fmt('samples_per_s', '10.2f'):>10} "
-                      f"{fmt('volumes_per_s', '8.3f'):>8} {fmt('tflop_per_step', '11.3f'):>11} "
-                      f"{(format(100 * row['mfu'], '6.1f') + '%') if 'mfu' in row else '-':>7}", flush=True)
-                if cuda:
-                    torch.cuda.empty_cache()
+        if case == "genesis":
+            emit({**genesis_case(s, device, args.steps, args.warmup), "case": case, "size": s})
+            continue
+        sweep = {"mae3d": _ints(args.batches), "unetr": _ints(args.batches),
+                 "sliding_window": _ints(args.sw_batches)}.get(case) or [None]
+        for precision in precisions:
+            for compile_ in compiles:
+                for n in sweep:
+                    size = dict(s, **({"sw_batch": n} if case == "sliding_window" else {"batch": n})) if n else s
+                    run = sliding_case if case == "sliding_window" else lambda *a: train_case(case, *a)
+                    row = run(size, device, precision, compile_, args.steps, args.warmup, args.peak_tflops)
+                    emit({**row, "case": case, "precision": precision, "compile": compile_, "size": size})
+    if args.deepspeed:
+        s = SIZES["mae3d"][1 if tiny else 0]
+        for zero in (0, 2):
+            for compile_ in compiles:
+                for n in _ints(args.batches) or [s["batch"]]:
+                    row = deepspeed_case(dict(s, batch=n), device, zero, compile_, args.steps, args.warmup, args.peak_tflops)
+                    emit({**row, "case": f"mae3d_ds_zero{zero}", "compile": compile_, "size": dict(s, batch=n)})
+    if args.e2e:
+        row = e2e_case(args.e2e_preset, args.e2e_batch, args.e2e_steps, args.e2e_timeout)
+        print(f"e2e jobs/pretrain.py {args.e2e_preset} batch {row['batch']}: first loss line at {row['first_loss_s']} s, "
+              f"{row['samples_per_s']} samples/s (median of its loss lines); exit {row['returncode']}", flush=True)
+        info["rows"].append({**row, "case": "e2e_pretrain"})
     Path(args.out).write_text(json.dumps(info, indent=1, default=str))
     print(args.out)
     return info
