@@ -107,3 +107,30 @@ def test_fewer_training_cases_than_workers_is_an_error_before_ray():
     check_cases_per_worker(2, 2, "synthetic:ct:4")
     with pytest.raises(ValueError, match=r"has 1 training case\(s\) but scale.num_workers asks for 2 workers"):
         check_cases_per_worker(1, 2, "synthetic:ct:2")
+
+
+@pytest.mark.parametrize("sampling", ["random", "balanced", "classes", "tissue"])
+def test_crops_cut_on_the_device_are_the_crops_cut_on_the_cpu(sampling):
+    """``DeviceCrops`` (here on CPU tensors, as it runs on a GPU) gives batch for batch the same crops, flips and
+    labels as the numpy path, and sends each volume once however many epochs it serves."""
+    import torch
+
+    from rayssl.data.crops import DeviceCrops
+
+    data = DataConfig(roi=ROI, patches_per_volume=3, seed=3, flip_prob=0.5, sampling=sampling)
+    vols = _volumes(5)
+    for v in vols:
+        v["target"] = np.arange(3, dtype=np.float32) + float(v["case_id"][1:])
+    device = DeviceCrops(torch.device("cpu"), data)
+    columns = ["image", "label", "target"]
+    for epoch in (0, 1):
+        want = list(epoch_batches(iter(vols), data, epoch, 4, columns, shuffle_seed=1))
+        got = list(epoch_batches(iter(vols), data, epoch, 4, columns, shuffle_seed=1, on_device=device))
+        assert len(got) == len(want) == 3  # 15 crops: 3 batches of 4
+        for g, w in zip(got, want):
+            assert set(g) == set(columns) and g["image"].dtype == w["image"].dtype
+            for k in columns:
+                assert torch.equal(g[k], w[k]), k
+    assert sorted(device.volumes) == [v["case_id"] for v in vols]
+    flipped = [c["flip"] for v in vols for c in device.plan(v, 2)]
+    assert any(flipped) and not all(flipped)  # flips drawn, as on the CPU

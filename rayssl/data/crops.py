@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rayssl.config import DataConfig
-from rayssl.data.patches import case_rng, sample_patches
+from rayssl.data.patches import case_rng, patch_origins, sample_patches
 
 MIX_VOLUMES = 4
 """Crops of this many volumes are shuffled together before they are batched."""
@@ -37,17 +37,21 @@ def patches_per_case(data: DataConfig, shape: tuple[int, ...] | None = None) -> 
     return 1 if whole else data.patches_per_volume
 
 
+def flip_axes(ndim: int, rng: np.random.Generator, prob: float) -> list[int]:
+    """The spatial axes one patch flips along, each with probability ``prob`` (see :func:`flip_patch`)."""
+    if prob <= 0:
+        return []
+    axes = range(ndim) if ndim == 3 else (ndim - 1,)
+    return [a for a in axes if rng.random() < prob]
+
+
 def flip_patch(patch: dict, rng: np.random.Generator, prob: float) -> dict:
     """Flip ``image`` (and ``label``) of one patch along each spatial axis with probability ``prob``.
 
     3D: every axis (MONAI ``RandFlipd`` per axis, as SelfMedMAE's pre-training transforms); 2D: the
     horizontal axis only (facebookresearch/mae ``RandomHorizontalFlip``).
     """
-    if prob <= 0:
-        return patch
-    ndim = patch["image"].ndim - 1
-    axes = range(ndim) if ndim == 3 else (ndim - 1,)
-    flip = [a for a in axes if rng.random() < prob]
+    flip = flip_axes(patch["image"].ndim - 1, rng, prob)
     if not flip:
         return patch
     patch["image"] = np.ascontiguousarray(np.flip(patch["image"], [a + 1 for a in flip]))
@@ -62,6 +66,53 @@ def case_crops(volume: dict, data: DataConfig, epoch: int) -> list[dict]:
     return [flip_patch(p, rng, data.flip_prob) for p in sample_patches(volume, data, rng)]
 
 
+class DeviceCrops:
+    """The crops of :func:`case_crops`, cut on a device (a GPU) from volumes sent to it once.
+
+    The case's generator draws the origins and flips on the CPU exactly as :func:`case_crops` does; only the
+    cutting, flipping and batching run on the device, so instead of every crop crossing to the GPU every epoch,
+    each volume crosses once. Meant for kept volumes, a set that fits memory by construction.
+
+    Args:
+        device: where the volumes are kept and the crops cut.
+        data: ``roi``, ``patches_per_volume``, ``sampling`` and its parameters, ``flip_prob``, ``seed``,
+            ``patch_dtype``.
+    """
+
+    def __init__(self, device: torch.device, data: DataConfig):
+        self.device, self.data = device, data
+        self.dtype = torch.from_numpy(np.empty(0, data.patch_dtype)).dtype
+        self.volumes: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def plan(self, volume: dict, epoch: int) -> list[dict]:
+        """One case's crops in one epoch, as ``{"case", "origin", "flip", "target"}``; sends the case once."""
+        case = str(volume["case_id"])
+        rng = case_rng(self.data.seed, case, epoch)
+        image, label, origins, _ = patch_origins(volume, self.data, rng)
+        if case not in self.volumes:
+            self.volumes[case] = (torch.from_numpy(np.ascontiguousarray(image)).to(self.device),
+                                  None if label is None else torch.from_numpy(np.ascontiguousarray(label)).to(self.device))
+        ndim = len(self.data.roi)
+        return [{"case": case, "origin": o, "flip": flip_axes(ndim, rng, self.data.flip_prob), "target": volume.get("target")}
+                for o in origins]
+
+    def collate(self, plans: list[dict], columns: list[str]) -> dict[str, torch.Tensor]:
+        """Cut, flip and stack the planned crops on the device."""
+        images, labels = [], []
+        for c in plans:
+            image, label = self.volumes[c["case"]]
+            box = tuple(slice(o, o + r) for o, r in zip(c["origin"], self.data.roi))
+            images.append(image[(slice(None), *box)].flip([a + 1 for a in c["flip"]]))
+            if "label" in columns:
+                labels.append(label[box].flip(c["flip"]))
+        out = {"image": torch.stack(images).to(self.dtype)}
+        if "label" in columns:
+            out["label"] = torch.stack(labels).to(torch.uint8)
+        if "target" in columns:
+            out["target"] = torch.from_numpy(np.stack([np.asarray(c["target"], np.float32) for c in plans])).to(self.device)
+        return {k: out[k] for k in columns}
+
+
 def epoch_batches(
     volumes: Iterable[dict],
     data: DataConfig,
@@ -69,6 +120,7 @@ def epoch_batches(
     batch_size: int,
     columns: list[str],
     shuffle_seed: int = 0,
+    on_device: DeviceCrops | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of fresh crops for one epoch from a stream of preprocessed volumes.
 
@@ -83,6 +135,7 @@ def epoch_batches(
         batch_size: patches per batch.
         columns: the patch fields to batch, e.g. ``["image"]`` or ``["image", "label"]``.
         shuffle_seed: seeds the order of crops within the mixing buffer (e.g. the worker's rank).
+        on_device: cut the same crops on its device instead (:class:`DeviceCrops`).
 
     Yields:
         ``{column: tensor [N, ...]}`` with ``N = batch_size``.
@@ -99,11 +152,14 @@ def epoch_batches(
         full = len(buffer) // batch_size * batch_size
         for i in range(0, full, batch_size):
             chunk = buffer[i : i + batch_size]
-            yield {k: torch.from_numpy(np.stack([p[k] for p in chunk])) for k in columns}
+            if on_device is not None:
+                yield on_device.collate(chunk, columns)
+            else:
+                yield {k: torch.from_numpy(np.stack([p[k] for p in chunk])) for k in columns}
         buffer = [] if final else buffer[full:]
 
     for volume in volumes:
-        buffer += case_crops(volume, data, epoch)
+        buffer += case_crops(volume, data, epoch) if on_device is None else on_device.plan(volume, epoch)
         pending += 1
         if pending == MIX_VOLUMES:
             yield from drain(final=False)

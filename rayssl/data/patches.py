@@ -212,36 +212,10 @@ def _genesis(rng, image, n, data: DataConfig, shape, roi, threshold: float) -> l
     return picked
 
 
-def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> list[dict]:
-    """Cut one preprocessed case into patches.
-
-    Modes (``data.sampling``): ``random`` uniform crops; ``balanced`` a fraction ``data.pos_fraction`` of
-    crops centred on a random labelled voxel (> 0), the rest uniform (all uniform when the case has no
-    foreground); ``classes`` each crop centred on a voxel of a class drawn uniformly among the classes
-    present (MONAI ``RandCropByLabelClasses`` with equal ratios; uniform without a label); ``genesis`` the
-    Models Genesis chest CT rule: lung-dominant crops, at least
-    ``data.genesis_margin`` voxels from the borders, whose fraction of voxels at or above
-    ``data.genesis_hu`` (-150 HU, via the recipe's window; see :func:`genesis_threshold`), each weighted by
-    a ``GENESIS_LOOKAHEAD``-slice look-ahead in depth (1 if dense, 0.5 if the next slice is, else 0), is
-    at most ``data.genesis_max_fraction`` (each patch carries it as ``dense_fraction``; a value above
-    the maximum flags a crop kept after ``GENESIS_MAX_ATTEMPTS`` draws failed); ``tissue`` crops for CT
-    without lungs: uniform crops whose fraction of voxels above ``data.air_threshold`` is at least
-    ``data.min_tissue_fraction`` (each patch carries ``tissue_fraction``; a value below the minimum flags
-    a crop kept after ``GENESIS_MAX_ATTEMPTS`` draws failed); ``grid`` every sliding-window tile
-    (``data.grid_overlap``). Volumes smaller than the ROI are padded, never skipped. When the ROI equals
-    the (padded) spatial shape, e.g. a whole 2D chest X-ray, the single patch is the image itself.
-
-    Args:
-        volume: ``{"image": [C, *spatial], "label": [*spatial] | None, "target": [K] | None,
-            "case_id", "split", ...}`` as returned by ``load_case``.
-        data: ``roi``, ``patches_per_volume``, ``sampling`` and its parameters, ``patch_dtype``.
-        rng: the case's generator, see :func:`case_rng`.
-
-    Returns:
-        Patches ``{"image": [C, *roi] (patch_dtype), "label": [*roi] uint8 (labelled cases only),
-        "target": [K] float32 (when the case has one), "case_id", "split", "origin": int64 [ndim],
-        "dense_fraction": float32 (``genesis``), "tissue_fraction": float32 (``tissue``)}``.
-    """
+def patch_origins(volume: dict, data: DataConfig, rng: np.random.Generator):
+    """Where :func:`sample_patches` cuts a case: ``(image, label, origins, fractions)`` with the image and label
+    padded to the ROI, the crops' origins and, for ``genesis`` / ``tissue`` sampling, their fractions (else
+    ``None``). The draws are :func:`sample_patches`' own, so a crop cut elsewhere (on a GPU) is the same crop."""
     image, label = volume["image"], volume.get("label")
     if image.ndim != len(data.roi) + 1:
         raise ValueError(
@@ -272,7 +246,44 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
         origins, fractions = map(list, zip(*_tissue(rng, image, n, data, shape, roi)))
     else:
         origins = [_uniform(rng, shape, roi) for _ in range(n)]
+    if fractions is None and data.sampling in ("genesis", "tissue"):  # a whole-image crop
+        fractions = [_genesis_fraction(image, o, roi, threshold) if data.sampling == "genesis"
+                     else _tissue_fraction(image, o, roi, data.air_threshold) for o in origins]
+    return image, label, origins, fractions
 
+
+def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> list[dict]:
+    """Cut one preprocessed case into patches.
+
+    Modes (``data.sampling``): ``random`` uniform crops; ``balanced`` a fraction ``data.pos_fraction`` of
+    crops centred on a random labelled voxel (> 0), the rest uniform (all uniform when the case has no
+    foreground); ``classes`` each crop centred on a voxel of a class drawn uniformly among the classes
+    present (MONAI ``RandCropByLabelClasses`` with equal ratios; uniform without a label); ``genesis`` the
+    Models Genesis chest CT rule: lung-dominant crops, at least
+    ``data.genesis_margin`` voxels from the borders, whose fraction of voxels at or above
+    ``data.genesis_hu`` (-150 HU, via the recipe's window; see :func:`genesis_threshold`), each weighted by
+    a ``GENESIS_LOOKAHEAD``-slice look-ahead in depth (1 if dense, 0.5 if the next slice is, else 0), is
+    at most ``data.genesis_max_fraction`` (each patch carries it as ``dense_fraction``; a value above
+    the maximum flags a crop kept after ``GENESIS_MAX_ATTEMPTS`` draws failed); ``tissue`` crops for CT
+    without lungs: uniform crops whose fraction of voxels above ``data.air_threshold`` is at least
+    ``data.min_tissue_fraction`` (each patch carries ``tissue_fraction``; a value below the minimum flags
+    a crop kept after ``GENESIS_MAX_ATTEMPTS`` draws failed); ``grid`` every sliding-window tile
+    (``data.grid_overlap``). Volumes smaller than the ROI are padded, never skipped. When the ROI equals
+    the (padded) spatial shape, e.g. a whole 2D chest X-ray, the single patch is the image itself.
+
+    Args:
+        volume: ``{"image": [C, *spatial], "label": [*spatial] | None, "target": [K] | None,
+            "case_id", "split", ...}`` as returned by ``load_case``.
+        data: ``roi``, ``patches_per_volume``, ``sampling`` and its parameters, ``patch_dtype``.
+        rng: the case's generator, see :func:`case_rng`.
+
+    Returns:
+        Patches ``{"image": [C, *roi] (patch_dtype), "label": [*roi] uint8 (labelled cases only),
+        "target": [K] float32 (when the case has one), "case_id", "split", "origin": int64 [ndim],
+        "dense_fraction": float32 (``genesis``), "tissue_fraction": float32 (``tissue``)}``.
+    """
+    image, label, origins, fractions = patch_origins(volume, data, rng)
+    roi = tuple(data.roi)
     target = volume.get("target")
     patches = []
     for i, origin in enumerate(origins):
@@ -288,10 +299,8 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
         if target is not None:
             patch["target"] = np.asarray(target, dtype=np.float32)
         if data.sampling == "genesis":
-            frac = fractions[i] if fractions is not None else _genesis_fraction(image, origin, roi, threshold)
-            patch["dense_fraction"] = np.float32(frac)
+            patch["dense_fraction"] = np.float32(fractions[i])
         elif data.sampling == "tissue":
-            frac = fractions[i] if fractions is not None else _tissue_fraction(image, origin, roi, data.air_threshold)
-            patch["tissue_fraction"] = np.float32(frac)
+            patch["tissue_fraction"] = np.float32(fractions[i])
         patches.append(patch)
     return patches

@@ -133,7 +133,8 @@ def train_loop_per_worker(config: dict) -> None:
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs, steps=steps, batch_size=cfg.batch_size,
                  grad_accum=cfg.optim.grad_accum, columns=["image", spec.target_key], shuffle_seed=ctx.rank,
                  world=ctx.world, step=step, window=window, after_epoch=after_epoch,
-                 device=None if spec.classification and augment is not None else ctx.device)  # RandAugment: PIL, CPU
+                 device=None if spec.classification and augment is not None else ctx.device,  # RandAugment: PIL, CPU
+                 kept=plan.kept is not None)
     if validated_at[0] != state.step:  # stopped by max_steps inside an epoch
         validate_and_report()
     ctx.close()

@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs,
                  steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.optim.grad_accum, columns=["image"],
                  shuffle_seed=ctx.rank, world=ctx.world, step=step, window=window, after_step=after_step,
-                 after_epoch=after_epoch, device=ctx.device)
+                 after_epoch=after_epoch, device=ctx.device, kept=plan.kept is not None)
     preview("final")
     report(with_checkpoint=True)
     ctx.close()

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from rayssl.config import DataConfig, ScaleConfig
-from rayssl.data.crops import epoch_batches
+from rayssl.data.crops import DeviceCrops, epoch_batches
 from rayssl.logs import configure_logging
 from rayssl.train.artifacts import RunFiles
 from rayssl.train.engine import resolve_precision
@@ -285,6 +285,7 @@ def train_epochs(
     after_step: Callable[[], None] | None = None,
     after_epoch: Callable[[], None] | None = None,
     device: torch.device | None = None,
+    kept: bool = False,
 ) -> None:
     """Train until ``steps`` optimiser steps or ``epochs`` epochs, on fresh crops every epoch.
 
@@ -303,11 +304,16 @@ def train_epochs(
         window: receives each micro-batch's loss.
         after_step: called after each optimiser step but the last.
         after_epoch: called after each completed epoch.
-        device: where the batches go before ``step`` (:func:`on_device`); ``None``: they stay on the CPU.
+        device: where the batches go before ``step``: on a GPU, kept volumes (``rows`` of a
+            :class:`~rayssl.data.kept.KeptVolumes`) are sent once and cut there (:class:`DeviceCrops`), other
+            streams' crops are cut on the CPU and copied one batch ahead (:func:`on_device`); ``None``: the CPU.
+        kept: whether ``rows`` are kept volumes (a set that fits memory, so it may be kept on the device too).
     """
+    crops = DeviceCrops(device, data) if kept and device is not None and device.type == "cuda" else None
     micro = 0
     while state.step < steps and state.epoch < epochs:
-        batches = on_device(epoch_batches(rows(), data, state.epoch, batch_size, columns, shuffle_seed), device)
+        batches = epoch_batches(rows(), data, state.epoch, batch_size, columns, shuffle_seed, crops)
+        batches = batches if crops else on_device(batches, device)
         for i, (batch, last) in enumerate(_with_last(batches)):
             if i < state.batch_in_epoch:
                 continue
