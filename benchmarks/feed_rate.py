@@ -8,7 +8,8 @@ core cuts.
   turned into samples/s per GPU at ``--mfu`` of ``--peak-tflops`` (default: H100/H200 dense bf16, 40%).
 * Supply: what one core of a training worker delivers from kept volumes: ``epoch_batches`` (new crops,
   flips, batching; :mod:`rayssl.data.crops`) over preprocessed volumes in memory, one torch thread,
-  the median over ``--repeats`` epochs.
+  the median over ``--repeats`` epochs; and on CUDA, the same crops cut on the GPU from volumes sent to it
+  once (``DeviceCrops``, the path a GPU worker takes with kept volumes), crops/s per GPU.
 
 Prints both, their ratio (cores per GPU) and a JSON line.
 """
@@ -37,22 +38,26 @@ def flops_per_sample(roi: int) -> float:
     return count_flops(lambda: loss_of(model, x).backward())
 
 
-def crops_per_core(roi: int, repeats: int) -> float:
+def crops_per_core(roi: int, repeats: int, device: torch.device | None = None) -> float:
+    """Crops/s of ``epoch_batches`` from kept volumes: cut on the CPU, or with ``device`` cut on it."""
     from rayssl.config import DataConfig
-    from rayssl.data.crops import epoch_batches
+    from rayssl.data.crops import DeviceCrops, epoch_batches
 
     rng = np.random.default_rng(0)
     side = 2 * roi + 8  # volumes a few crops wide, as preprocessed abdominal CT at 1.5 mm
     volumes = [{"case_id": f"case{i}", "image": rng.random((1, side, side, roi + 24), dtype=np.float32)}
                for i in range(6)]
     data = DataConfig(roi=(roi,) * 3, patches_per_volume=8, sampling="random", flip_prob=0.2)
+    on = DeviceCrops(device, data) if device is not None else None
     rates = []
-    for epoch in range(repeats):
+    for epoch in range(repeats + (on is not None)):  # on a device: the first epoch sends the volumes, untimed
         t0, n = time.perf_counter(), 0
-        for batch in epoch_batches(iter(volumes), data, epoch, 8, ["image"]):
+        for batch in epoch_batches(iter(volumes), data, epoch, 8, ["image"], on_device=on):
             n += batch["image"].shape[0]
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
         rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    return statistics.median(rates[1:] if on is not None else rates)
 
 
 def main(argv=None) -> dict:
@@ -73,6 +78,11 @@ def main(argv=None) -> dict:
     print(f"cores per GPU needed: {need / supply:.1f}")
     out = {"gflop_per_sample": flops / 1e9, "crops_per_s_needed_per_gpu": need, "crops_per_s_per_core": supply,
            "cores_per_gpu": need / supply, "roi": args.roi, "mfu": args.mfu, "peak_tflops": args.peak_tflops}
+    if torch.cuda.is_available():
+        gpu = crops_per_core(args.roi, args.repeats, torch.device("cuda"))
+        print(f"cut on the GPU ({torch.cuda.get_device_name(0)}) from volumes sent once: {gpu:,.0f} crops/s, "
+              f"{gpu / need:.2f}x what the step needs")
+        out.update(gpu_crops_per_s=gpu, gpu_supply_over_need=gpu / need, gpu=torch.cuda.get_device_name(0))
     print(json.dumps(out))
     return out
 

@@ -20,3 +20,9 @@ def test_feed_rate_derives_crops_per_gpu_from_counted_flops(capsys):
     assert out["crops_per_s_per_core"] > 0
     assert out["cores_per_gpu"] == pytest.approx(out["crops_per_s_needed_per_gpu"] / out["crops_per_s_per_core"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+
+
+def test_the_device_crop_rate_runs_on_any_device():
+    import torch
+
+    assert feed_rate.crops_per_core(16, 1, torch.device("cpu")) > 0  # the GPU path's rate, here on CPU tensors
