@@ -1,7 +1,8 @@
 """GPU step throughput and MFU of rayssl's models, portable to a bare CUDA machine.
 
     python benchmarks/gpu_step.py [--peak-tflops 989] [--steps 20] [--warmup 5] [--only CASE,...]
-                                  [--batches 8,32,128] [--sw-batches 4,16,32] [--no-compile] [--deepspeed]
+                                  [--batches 8,32,128] [--sw-batches 4,16,32] [--precisions fp32,bf16-autocast,bf16]
+                                  [--no-compile | --compile-only] [--deepspeed]
                                   [--e2e [--e2e-batch 64 --e2e-steps 60]] [--tiny] [--out gpu_step.json]
 
 Needs only torch, timm, monai, numpy and rayssl's model code (``rayssl/models``, ``rayssl/pretrain/genesis.py``):
@@ -299,7 +300,9 @@ def main(argv=None) -> dict:
     p.add_argument("--only", default="", help="comma-separated cases: " + ", ".join(SIZES))
     p.add_argument("--batches", default="", help="batch sweep of mae3d and unetr (default: the case's batch)")
     p.add_argument("--sw-batches", default="", help="sw_batch_size sweep of sliding_window (default: the case's)")
+    p.add_argument("--precisions", default="fp32,bf16-autocast,bf16", help="on CUDA: which of fp32, bf16-autocast, bf16")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    p.add_argument("--compile-only", action="store_true", help="only the torch.compile rows")
     p.add_argument("--deepspeed", action="store_true", help="add the 3D MAE through rayssl's DeepSpeed training step")
     p.add_argument("--e2e", action="store_true", help="run jobs/pretrain.py --preset mae3d_btcv on one GPU")
     p.add_argument("--e2e-preset", default="mae3d_btcv")
@@ -313,8 +316,8 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     tiny = args.tiny or not cuda
     cases = [c for c in (args.only.split(",") if args.only else SIZES) if c]
-    precisions = ["fp32", "bf16-autocast", "bf16"] if cuda else ["fp32"]
-    compiles = [False] if args.no_compile or not cuda else [False, True]
+    precisions = [v for v in args.precisions.split(",") if v] if cuda else ["fp32"]
+    compiles = [False] if args.no_compile or not cuda else [True] if args.compile_only else [False, True]
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are real fp32
     info = {"device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu", "torch": torch.__version__,
