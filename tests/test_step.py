@@ -104,3 +104,13 @@ def test_compile_model_keeps_the_state_dict_names():
     names = list(model.state_dict())
     assert compile_model(model, "default") is model and list(model.state_dict()) == names
     assert compile_model(GenesisUNet(1, 1, 4), "off")._compiled_call_impl is None
+
+
+def test_a_batch_larger_than_a_workers_crops_of_an_epoch_is_an_error_not_a_run_that_never_steps():
+    from rayssl.train.worker import steps_per_epoch
+
+    # 24 cases on 8 workers, 4 crops each: 12 crops a worker an epoch
+    assert steps_per_epoch(24, 4, 8, 6, 2) == 1
+    with pytest.raises(ValueError, match=r"3 training case\(s\) x 4 crop\(s\) = 12 crops an epoch, fewer than one "
+                                         r"optimiser step of batch_size 128 x optim.grad_accum 1"):
+        steps_per_epoch(24, 4, 8, 128, 1)  # before: 1 step an epoch planned, and no batch ever cut

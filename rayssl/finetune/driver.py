@@ -26,6 +26,7 @@ from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles, provenance
 from rayssl.train.trackers import check_installed, track_artifacts
 from rayssl.train.checkpoint import read_safetensors
+from rayssl.train.worker import steps_per_epoch
 from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir, spare_cpus
 from rayssl.train.optim import effective_lr
 
@@ -67,6 +68,7 @@ def plan_finetune(cfg: FinetuneConfig) -> FinetunePlan:
     if not spec.classification and any(c.label is None for c in train + val + test):
         raise ValueError(f"data.source={cfg.data.source!r}: segmentation needs a label for every case")
     check_cases_per_worker(len(train), max_workers(cfg.scale), cfg.data.source)
+    steps_per_epoch(len(train), patches_per_case(cfg.data), max_workers(cfg.scale), cfg.batch_size, cfg.optim.grad_accum)
     check_installed(cfg.run.tracker)
     pretrained = resolve_pretrained(cfg.pretrained)
     report = load_pretrained(build_model(cfg, spec.channels, spec.num_classes), pretrained)

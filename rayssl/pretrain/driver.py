@@ -15,6 +15,7 @@ from rayssl.pretrain.methods import export_meta, export_state
 from rayssl.train.artifacts import RunFiles, provenance
 from rayssl.train.trackers import check_installed, track_artifacts
 from rayssl.train.checkpoint import load_weights, save_export
+from rayssl.train.worker import steps_per_epoch
 from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir, spare_cpus
 from rayssl.train.optim import effective_lr
 
@@ -56,6 +57,7 @@ def plan_pretrain(cfg: PretrainConfig) -> PretrainPlan:
             raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
         recipe = resolve_recipe(cfg.data, source)
     check_cases_per_worker(num_cases, max_workers(cfg.scale), cfg.data.source)
+    steps_per_epoch(num_cases, patches_per_case(cfg.data), max_workers(cfg.scale), cfg.batch_size, cfg.optim.grad_accum)
     check_installed(cfg.run.tracker)
     if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
         check_genesis_recipe(recipe)

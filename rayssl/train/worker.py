@@ -114,8 +114,18 @@ class WorkerContext:
 
 def steps_per_epoch(num_cases: int, patches_per_case: int, world_size: int, batch_size: int, grad_accum: int) -> int:
     """Optimiser steps per epoch when every worker gets an equal share of the cases (Ray Train's
-    ``streaming_split(equal=True)``), cuts ``patches_per_case`` crops of each and drops the last batch."""
-    return max(1, (num_cases // world_size) * patches_per_case // batch_size // grad_accum)
+    ``streaming_split(equal=True)``), cuts ``patches_per_case`` crops of each and drops the last batch.
+
+    Raises:
+        ValueError: a worker's crops of an epoch do not fill one optimiser step (the run would never step).
+    """
+    crops = (num_cases // world_size) * patches_per_case
+    if crops < batch_size * grad_accum:
+        raise ValueError(f"each of the {world_size} worker(s) gets {num_cases // world_size} training case(s) x "
+                         f"{patches_per_case} crop(s) = {crops} crops an epoch, fewer than one optimiser step of "
+                         f"batch_size {batch_size} x optim.grad_accum {grad_accum}: raise data.patches_per_volume "
+                         "or lower batch_size")
+    return crops // batch_size // grad_accum
 
 
 def total_steps(steps_per_epoch: int, epochs: int, max_steps: int | None) -> int:
