@@ -241,6 +241,18 @@ def build_config(cls: type[BaseModel], data: dict, origin: str = "config") -> An
         raise ConfigError(f"invalid {origin}:\n{_format_errors(err, cls)}") from None
 
 
+def _preset(job: str, name: str, chain: tuple[str, ...] = ()) -> dict:
+    """A shipped preset's values; a preset whose YAML names ``base: OTHER`` is OTHER's values with its own merged over."""
+    names = preset_names(job)
+    if name not in names:
+        raise ConfigError(f"unknown {job} preset {name!r}; available: {', '.join(names) or 'none'}")
+    if name in chain:
+        raise ConfigError(f"{job} presets {' -> '.join((*chain, name))}: a preset cannot be its own base")
+    data = _read_yaml((resources.files("rayssl") / "presets" / job / f"{name}.yaml").read_text(), f"preset {name!r}")
+    base = data.pop("base", None)
+    return merge(_preset(job, str(base), (*chain, name)), data) if base is not None else data
+
+
 def load_config(
     cls: type[BaseModel],
     job: str,
@@ -263,11 +275,7 @@ def load_config(
     data: dict = {}
     origin = []
     if preset is not None:
-        names = preset_names(job)
-        if preset not in names:
-            raise ConfigError(f"unknown {job} preset {preset!r}; available: {', '.join(names) or 'none'}")
-        text = (resources.files("rayssl") / "presets" / job / f"{preset}.yaml").read_text()
-        data = merge(data, _read_yaml(text, f"preset {preset!r}"))
+        data = _preset(job, preset)
         origin.append(f"preset {preset!r}")
     if file is not None:
         path = Path(file)
@@ -429,7 +437,7 @@ class RunConfig(Strict):
     """Write reconstruction previews every this many epochs (0: only at the end)."""
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = "none"
     """Log the config, every metric line and the artifacts to TensorBoard, MLflow (``MLFLOW_TRACKING_URI``, else
-    ``mlruns/`` in the run directory) or W&B (offline unless ``WANDB_MODE`` is set); optional extras."""
+    SQLite ``mlflow.db`` in the run directory) or W&B (offline unless ``WANDB_MODE`` is set); optional extras."""
 
 
 class PretrainConfig(Strict):

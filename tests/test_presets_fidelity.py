@@ -2,7 +2,11 @@
 
 Reference values: ``configs/mae3d_btcv_1gpu.yaml``, ``mae3d_msdbrats_1gpu.yaml``, ``unetr_btcv_1gpu.yaml``,
 ``unetr_msdbrats_1gpu.yaml`` and ``mae_cxr14.yaml`` (lr per 256 samples: ``lib/trainers/base_trainer.py``
-``init_lr``), ``lib/data/med_transforms.py`` (fine-tuning augmentation), ``lib/trainers/seg_trainer.py`` (losses).
+``init_lr``), overridden where the run scripts behind the published numbers override them
+(``scripts/run_mae3d+unetr_btcv.sh``: ``--mask_ratio=0.125``, fine-tuning ``--lr=3.44e-2 --batch_size=6``;
+``scripts/run_mae3d+unetr_msdbrats.sh``: ``--mask_ratio=0.125 --epochs=500``, fine-tuning ``--lr=1.72e-2
+--epochs=300``; the configs' own values are the ``*_config`` presets), ``lib/data/med_transforms.py``
+(fine-tuning augmentation), ``lib/trainers/seg_trainer.py`` (losses).
 """
 
 import pytest
@@ -17,9 +21,13 @@ REF_BATCH = 6  # batch_size of every SelfMedMAE 3D config (1 GPU), in volumes
 REF_CROPS = {"mae3d_btcv": 6 * 4, "mae3d_brats": 6 * 4, "unetr_btcv": 6 * 4, "unetr_brats": 6 * 1}
 
 
-@pytest.mark.parametrize("preset, epochs, warmup", [("mae3d_btcv", 10000, 100), ("mae3d_brats", 1000, 10)])
-def test_mae3d_presets_reference_lr_and_schedule(preset, epochs, warmup):
+@pytest.mark.parametrize("preset, mask, epochs, warmup", [
+    ("mae3d_btcv", 0.125, 10000, 100), ("mae3d_btcv_config", 0.75, 10000, 100),
+    ("mae3d_brats", 0.125, 500, 10), ("mae3d_brats_config", 0.75, 1000, 10)])
+def test_mae3d_presets_reference_lr_and_schedule(preset, mask, epochs, warmup):
     cfg = load_config(PretrainConfig, "pretrain", preset)
+    assert cfg.model.mask_ratio == mask
+    preset = preset.removesuffix("_config")
     # lr 6.4e-3 per 256 volumes -> 1.5e-4 for the reference's 6 volumes x 4 crops, and it follows the batch
     crops = REF_CROPS[preset]
     assert effective_lr(cfg.optim, crops) == pytest.approx(6.4e-3 * REF_BATCH / 256, rel=1e-6)
@@ -37,10 +45,12 @@ def test_mae2d_cxr14_keeps_the_2d_mae_rule():
     assert (cfg.epochs, cfg.optim.warmup_epochs) == (800, 40)
 
 
-@pytest.mark.parametrize("preset, base, epochs, warmup", [("unetr_btcv", 4.3e-3, 5000, 50),
-                                                          ("unetr_brats", 3.44e-2, 400, 10)])
+@pytest.mark.parametrize("preset, base, epochs, warmup", [
+    ("unetr_btcv", 3.44e-2, 5000, 50), ("unetr_btcv_config", 4.3e-3, 5000, 50),
+    ("unetr_brats", 1.72e-2, 300, 10), ("unetr_brats_config", 3.44e-2, 400, 10)])
 def test_unetr_presets_reference_lr_betas_and_schedule(preset, base, epochs, warmup):
     cfg = load_config(FinetuneConfig, "finetune", preset)
+    preset = preset.removesuffix("_config")
     lr6 = effective_lr(cfg.optim, REF_CROPS[preset])
     assert lr6 == pytest.approx(base * REF_BATCH / 256, rel=1e-6)
     assert cfg.data.patches_per_volume == REF_CROPS[preset] // REF_BATCH
@@ -52,11 +62,13 @@ def test_unetr_presets_reference_lr_betas_and_schedule(preset, base, epochs, war
     assert cfg.augment is True
 
 
-def test_unetr_brats_effective_lr_value():
-    cfg = load_config(FinetuneConfig, "finetune", "unetr_brats")
-    assert effective_lr(cfg.optim, REF_CROPS["unetr_brats"]) == pytest.approx(8.06e-4, rel=1e-3)
-    cfg = load_config(FinetuneConfig, "finetune", "unetr_btcv")
-    assert effective_lr(cfg.optim, REF_CROPS["unetr_btcv"]) == pytest.approx(1.0e-4, rel=1e-2)
+def test_unetr_effective_lr_values():
+    lr = lambda preset: effective_lr(load_config(FinetuneConfig, "finetune", preset).optim,  # noqa: E731
+                                     REF_CROPS[preset.removesuffix("_config")])
+    assert lr("unetr_btcv") == pytest.approx(8.06e-4, rel=1e-3)  # the script's, the run name's "lr3.44e-2"
+    assert lr("unetr_btcv_config") == pytest.approx(1.0e-4, rel=1e-2)
+    assert lr("unetr_brats") == pytest.approx(4.03e-4, rel=1e-3)  # 1.72e-2 x 6 / 256
+    assert lr("unetr_brats_config") == pytest.approx(8.06e-4, rel=1e-3)
     # augment=false still switches augmentation off
     assert load_config(FinetuneConfig, "finetune", "unetr_btcv", overrides=["augment=false"]).augment is False
 
@@ -111,3 +123,23 @@ def test_seg_loss_brats_is_selfmedmae_dice():
     assert torch.allclose(ours, ref, rtol=1e-6, atol=1e-7)
     default = DiceLoss(sigmoid=True)(logits, brats_regions(label))
     assert not torch.allclose(ours, default, rtol=1e-4)
+
+
+def test_a_preset_on_a_base_takes_the_bases_values_under_its_own(tmp_path, monkeypatch):
+    from rayssl.config import ConfigError
+
+    base = load_config(PretrainConfig, "pretrain", "mae3d_btcv")
+    variant = load_config(PretrainConfig, "pretrain", "mae3d_btcv_config")
+    assert variant.model.mask_ratio == 0.75 and base.model.mask_ratio == 0.125
+    assert variant.model_dump(exclude={"model", "preset"}) == base.model_dump(exclude={"model", "preset"})
+    assert variant.model.model_dump(exclude={"mask_ratio"}) == base.model.model_dump(exclude={"mask_ratio"})
+    import rayssl.config as config
+
+    presets = tmp_path / "presets" / "pretrain"
+    presets.mkdir(parents=True)
+    (presets / "a.yaml").write_text("base: b\n")
+    (presets / "b.yaml").write_text("base: a\n")
+    monkeypatch.setattr(config.resources, "files", lambda _: tmp_path)
+    monkeypatch.setattr(config, "preset_names", lambda job: ["a", "b"])
+    with pytest.raises(ConfigError, match="pretrain presets a -> b -> a: a preset cannot be its own base"):
+        load_config(PretrainConfig, "pretrain", "a")
