@@ -1,12 +1,15 @@
 """Label efficiency of self pre-training: test Dice against the number of labelled training cases.
 
-    python benchmarks/label_efficiency.py --source SPEC [--recipe NAME] [--methods mae,genesis] [--labelled 1,2,4]
-        [--seeds 3] [--pretrain-epochs N] [--epochs N] [--roi R] [--spacing MM] [--layer-decay D] [--out DIR]
+    python benchmarks/label_efficiency.py --source SPEC [--pretrain-source SPEC] [--recipe NAME]
+        [--methods mae,mae@0.75,genesis] [--labelled 1,2,4] [--seeds 3] [--pretrain-epochs N] [--epochs N] [--roi R]
+        [--spacing MM] [--layer-decay D] [--out DIR]
 
 Protocol:
 
-* Each method pre-trains once, without labels, on all training cases of the source (self pre-training);
-  every fine-tuning run of that method starts from it.
+* Each method pre-trains once, without labels, on all training cases of the source (self pre-training), or
+  with ``--pretrain-source`` on a separate unlabelled pool (any source spec; 95% of its cases, the rest its
+  validation split); every fine-tuning run of that method starts from it. A pool holding a test case of the
+  source (the same file, or a file with the same content) is refused before any run.
 * For each k in ``--labelled`` and each seed, fine-tuning sees k labelled training cases (a subset drawn
   with the seed, ``data.train_cases`` / ``data.subset_seed``). The pre-trained arm has a scratch twin with
   the same subset, budget, crops, seed and evaluation.
@@ -17,13 +20,20 @@ Protocol:
 * Every run is one Ray Train worker that holds all the node's CPUs (the volumes are preprocessed into Ray's
   object store before training starts, so Ray Data needs none while it trains).
 
-MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own).
+MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own); ``mae`` masks
+12.5% of the tokens, as SelfMedMAE's run scripts (``scripts/run_mae3d+unetr_btcv.sh --mask_ratio=0.125``),
+``mae@R`` a fraction R (``mae@0.75``: its configs' and the MAE paper's ratio).
 Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
 (``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI.
 ``--layer-decay`` sets the UNETR arms' layer-wise lr decay (default: the preset's). A diagnostic:
 ``--methods mae --layer-decay 0.001`` all but freezes the ViT encoder (its last block trains at 1e-3 of the
 decoder's lr, the earlier ones at 1e-6 and less), so the pre-trained arm fine-tunes a decoder on the
 pre-trained features and the scratch arm the same decoder on random features.
+
+Every table names the strongest scratch arm at each k (the best mean test Dice among all scratch twins) and
+reports each method's gain twice: against its own twin, and against that arm (``strongest_scratch``,
+``gain_vs_strongest`` in the JSON summary). A run whose validation metric never moves (the same value at every
+validation: a degenerate solution such as one class everywhere) is flagged (``val_flat``) and counted.
 
 Writes ``DIR/label_efficiency.json`` (``rows``, ``summary``, ``settings``) and ``DIR/label_efficiency.png``,
 prints the summary table; the last printed line is the JSON path. Re-running with the same ``--out`` and
@@ -44,13 +54,31 @@ CROPS_PER_EPOCH = 32
 SPLIT = ["data.folds=4", "data.val_fold=0", "data.test_fold=1"]
 """A quarter of the cases validate, a quarter test, half train (pre-training sees those only)."""
 GENESIS_UNET = ["model.unet_base_channels=8", "model.unet_norm=instance"]  # as the tiny_genesis preset
+MAE_MASK = 0.125
+"""``mae``'s mask ratio: SelfMedMAE's run scripts (``--mask_ratio=0.125``, 12.5% of the tokens masked)."""
+POOL_SPLIT = ["data.folds=20", "data.val_fold=0", "data.test_fold=null"]
+"""A pre-training pool: 95% of its cases pre-train, the rest are its validation split."""
+
+
+def mask_of(method: str) -> float | None:
+    """The mask ratio of an MAE method (``mae``: :data:`MAE_MASK`, ``mae@R``: R); ``None`` for Genesis."""
+    if method == "genesis":
+        return None
+    return float(method.partition("@")[2] or MAE_MASK)
+
+
+def family(method: str) -> str:
+    """``mae`` for every MAE method, else the method."""
+    return "genesis" if method == "genesis" else "mae"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", default="synthetic:ct:12", help="any data source SPEC, e.g. msd:/data/Task09_Spleen")
     p.add_argument("--recipe", default=None, help="preprocessing recipe of the MAE arms (default: the source's)")
-    p.add_argument("--methods", default="mae,genesis", help="comma-separated: mae, genesis")
+    p.add_argument("--pretrain-source", default=None, help="pre-train on this unlabelled pool (any source SPEC) "
+                   "instead of the source's training cases")
+    p.add_argument("--methods", default="mae,genesis", help="comma-separated: mae (mask 0.125), mae@R (mask R), genesis")
     p.add_argument("--labelled", default="1,2,4", help="comma-separated numbers of labelled training cases")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--pretrain-epochs", type=int, default=80, help="pre-training epochs (12 steps each "
@@ -66,9 +94,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.labelled = sorted({int(k) for k in args.labelled.split(",") if k.strip()})
-    bad = [m for m in args.methods if m not in ("mae", "genesis")]
+    bad = []
+    for m in args.methods:
+        try:
+            ok = m in ("mae", "genesis") or (m.startswith("mae@") and 0.0 < mask_of(m) < 1.0)
+        except ValueError:
+            ok = False
+        bad += [] if ok else [m]
     if bad or not args.methods:
-        p.error(f"--methods: unknown {bad or 'empty'}; choose from mae, genesis")
+        p.error(f"--methods: unknown {bad or 'empty'}; choose from mae, mae@R (0 < R < 1), genesis")
     if not args.labelled or min(args.labelled) < 1 or args.seeds < 1:
         p.error("--labelled needs positive integers and --seeds >= 1")
     if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
@@ -88,7 +122,7 @@ def recipes(source: str, recipe: str | None) -> dict[str, str]:
 
 def model_overrides(method: str, layer_decay: float | None) -> list[str]:
     """The fine-tuned network of a method's arms: UNETR (with ``layer_decay`` if given) or the Genesis U-Net."""
-    if method == "genesis":
+    if family(method) == "genesis":
         return ["model.arch=genesis_unet", *GENESIS_UNET]
     return ["model.arch=unetr", *([] if layer_decay is None else [f"model.layer_decay={layer_decay}"])]
 
@@ -108,8 +142,36 @@ def check_labelled(source: str, labelled: list[int]) -> int:
     return n_train
 
 
+def pool_overlap(source: str, pool: str) -> list[str]:
+    """The source's test images that are also in the pre-training pool: the same file (links resolved), or a local
+    file of the same content (hashed only where the sizes match)."""
+    import hashlib
+    import os
+
+    from rayssl.config import DataConfig, build_config, parse_override
+    from rayssl.data.sources import resolve_source
+
+    def images(spec: str, split: list[str]) -> list:
+        data = {"source": spec}
+        for item in split:
+            data.update(parse_override(item)["data"])
+        return [(c.split, f if "://" in f else os.path.realpath(f)) for c in resolve_source(build_config(DataConfig, data)).cases
+                for f in c.image]
+
+    def digest(path: str) -> str:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    tests = [f for split, f in images(source, SPLIT) if split == "test"]
+    pooled = {f for _, f in images(pool, POOL_SPLIT)}
+    sizes = {os.path.getsize(f) for f in tests if "://" not in f}
+    pool_hashes = {digest(f) for f in pooled if "://" not in f and os.path.getsize(f) in sizes}
+    return [f for f in tests if f in pooled or ("://" not in f and pool_hashes and digest(f) in pool_hashes)]
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per method and k: the mean test Dice of each arm and the gain of pre-training, per seed."""
+    """Per method and k: the mean test Dice of each arm, the gain of pre-training per seed, and the gain against the
+    strongest scratch arm at that k (the best mean test Dice among all methods' scratch twins)."""
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         for k in sorted({r["labelled"] for r in rows if r["method"] == method}):
@@ -123,8 +185,21 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "pretrained_mean": statistics.mean(pre), "scratch_mean": statistics.mean(scr),
                 "gain_mean": statistics.mean(gains), "gain_per_seed": gains,
                 "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
+                "flat_runs": sum(bool(r.get("val_flat")) for r in rows if r["method"] == method and r["labelled"] == k),
             })
+    for s in out:
+        scratch = {t["method"]: t["scratch_mean"] for t in out if t["labelled"] == s["labelled"]}
+        strongest = max(scratch, key=scratch.get)
+        s["strongest_scratch"] = {"method": strongest, "test_dice": scratch[strongest]}
+        s["gain_vs_strongest"] = s["pretrained_mean"] - scratch[strongest]
     return out
+
+
+def val_flat(metrics_file: Path) -> bool:
+    """Whether a fine-tuning run's validation metric never moved (validated at least twice, always the same)."""
+    values = [json.loads(line).get("val_metric") for line in metrics_file.read_text().splitlines() if line.strip()]
+    values = [v for v in values if v is not None]
+    return len(values) >= 2 and max(values) - min(values) < 1e-9
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -162,6 +237,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {out} holds runs made with other settings ({settings_file}); pass another --out")
     n_train = check_labelled(args.source, args.labelled)
     recipe = recipes(args.source, args.recipe)
+    if args.pretrain_source:
+        overlap = pool_overlap(args.source, args.pretrain_source)
+        if overlap:
+            raise SystemExit(f"error: the pre-training pool {args.pretrain_source!r} holds {len(overlap)} test case(s) of "
+                             f"{args.source!r} (the same file or content), e.g. {overlap[0]}: test cases never pre-train")
     out.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(json.dumps(settings, indent=1))
 
@@ -187,10 +267,12 @@ def main(argv=None) -> None:
         if (run / "result.json").is_file():
             print(f"[label_efficiency] reusing {run}", flush=True)
             return str(run)
-        preset = "tiny" if method == "mae" else "tiny_genesis"
-        extra = [] if method == "mae" else GENESIS_UNET
+        preset = "tiny" if family(method) == "mae" else "tiny_genesis"
+        extra = [f"model.mask_ratio={mask_of(method)}"] if family(method) == "mae" else GENESIS_UNET
+        pool = [f"data.source={args.pretrain_source}", *POOL_SPLIT] if args.pretrain_source else []
         cfg = load_config(PretrainConfig, "pretrain", preset, overrides=[
-            *common, f"data.recipe={recipe[method]}", *extra, f"epochs={args.pretrain_epochs}", f"run.name={name}"])
+            *common, *pool, f"data.recipe={recipe[family(method)]}", *extra, f"epochs={args.pretrain_epochs}",
+            f"run.name={name}"])
         return pretrain(cfg)
 
     def finetuned(method: str, arm: str, k: int, seed: int, encoder: str) -> dict:
@@ -198,7 +280,7 @@ def main(argv=None) -> None:
         result_file = out / name / "result.json"
         if not result_file.is_file():
             cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
-                *common, f"data.recipe={recipe[method]}", *model_overrides(method, args.layer_decay),
+                *common, f"data.recipe={recipe[family(method)]}", *model_overrides(method, args.layer_decay),
                 f"pretrained={encoder if arm == 'pretrained' else 'none'}",
                 f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",
                 f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 2)}",
@@ -210,9 +292,9 @@ def main(argv=None) -> None:
         row = {"method": method, "arm": arm, "labelled": k, "seed": seed,
                "test_dice": result["test"]["mean_dice"], "val_dice": result["val"]["mean_dice"],
                "wall_s": float((out / name / "wall_s.txt").read_text()),
-               "pretrained_tensors": result["pretrained"]["loaded"]}
+               "pretrained_tensors": result["pretrained"]["loaded"], "val_flat": val_flat(out / name / "metrics.jsonl")}
         print(f"[label_efficiency] {method} {arm} k={k} seed {seed}: test Dice {row['test_dice']:.4f} "
-              f"({row['wall_s']:.0f} s)", flush=True)
+              f"({row['wall_s']:.0f} s){'  FLAT: its validation metric never moved' if row['val_flat'] else ''}", flush=True)
         return row
 
     t0 = time.perf_counter()
@@ -226,10 +308,13 @@ def main(argv=None) -> None:
                 rows += [finetuned(method, arm, k, seed, encoder) for arm in ("pretrained", "scratch")]
 
     summary = summarise(rows)
-    print(f"\n{'method':<8} {'k':>3} {'pretrained':>11} {'scratch':>9} {'gain':>8}  gain per seed")
+    print(f"\n{'method':<9} {'k':>3} {'pretrained':>11} {'scratch':>9} {'gain':>8} {'vs strongest':>13}  gain per seed")
     for s in summary:
-        print(f"{s['method']:<8} {s['labelled']:>3} {s['pretrained_mean']:>11.4f} {s['scratch_mean']:>9.4f} "
-              f"{s['gain_mean']:>+8.4f}  {', '.join(f'{g:+.4f}' for g in s['gain_per_seed'])}")
+        strongest, flat = s["strongest_scratch"], s["flat_runs"]
+        print(f"{s['method']:<9} {s['labelled']:>3} {s['pretrained_mean']:>11.4f} {s['scratch_mean']:>9.4f} "
+              f"{s['gain_mean']:>+8.4f} {s['gain_vs_strongest']:>+13.4f}  {', '.join(f'{g:+.4f}' for g in s['gain_per_seed'])}"
+              f"  (strongest scratch: {strongest['method']} {strongest['test_dice']:.4f})"
+              + (f"; {flat} flat run(s)" if flat else ""))
     report = {"settings": settings, "recipes": recipe, "train_cases": n_train, "rows": rows, "summary": summary,
               "pretrain_wall_s": pretrain_s, "wall_s": time.perf_counter() - t0}
     (out / "label_efficiency.json").write_text(json.dumps(report, indent=1))

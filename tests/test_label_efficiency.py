@@ -70,3 +70,60 @@ def test_settings_guard_refuses_to_mix_runs(tmp_path):
     (out / "settings.json").write_text(json.dumps({"seeds": 99}))
     with pytest.raises(SystemExit, match="holds runs made with other settings"):
         bench.main(["--out", str(out)])
+
+
+def test_mae_methods_name_their_mask_ratio():
+    args = bench.parse_args(["--methods", "mae,mae@0.75,genesis"])
+    assert [bench.mask_of(m) for m in args.methods] == [0.125, 0.75, None]  # mae: SelfMedMAE's run scripts
+    assert [bench.family(m) for m in args.methods] == ["mae", "mae", "genesis"]
+    assert bench.model_overrides("mae@0.75", None) == ["model.arch=unetr"]
+    for bad in ("mae@1.5", "mae@x", "mae@0"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--methods", bad])
+
+
+def test_summary_names_the_strongest_scratch_arm_and_the_gain_against_it():
+    rows = []
+    for method, pre, scr in (("mae", 0.55, 0.50), ("genesis", 0.62, 0.60)):
+        for seed in range(2):
+            rows += [{"method": method, "arm": "pretrained", "labelled": 1, "seed": seed, "test_dice": pre},
+                     {"method": method, "arm": "scratch", "labelled": 1, "seed": seed, "test_dice": scr,
+                      "val_flat": method == "genesis" and seed == 1}]
+    mae, genesis = bench.summarise(rows)
+    assert mae["strongest_scratch"] == genesis["strongest_scratch"] == {"method": "genesis", "test_dice": pytest.approx(0.60)}
+    assert mae["gain_mean"] == pytest.approx(0.05) and mae["gain_vs_strongest"] == pytest.approx(-0.05)  # beats its twin only
+    assert genesis["gain_vs_strongest"] == pytest.approx(0.02) and (mae["flat_runs"], genesis["flat_runs"]) == (0, 1)
+
+
+def test_a_run_whose_validation_never_moves_is_flagged(tmp_path):
+    lines = lambda *vals: "\n".join(json.dumps({"step": i, **({"val_metric": v} if v is not None else {})})  # noqa: E731
+                                    for i, v in enumerate(vals))
+    (tmp_path / "flat.jsonl").write_text(lines(None, 0.5108, None, 0.5108))
+    (tmp_path / "moving.jsonl").write_text(lines(0.31, 0.5108))
+    (tmp_path / "once.jsonl").write_text(lines(None, 0.5))
+    assert bench.val_flat(tmp_path / "flat.jsonl") and not bench.val_flat(tmp_path / "moving.jsonl")
+    assert not bench.val_flat(tmp_path / "once.jsonl")
+
+
+def test_a_pool_holding_a_test_case_is_refused(tmp_path):
+    import shutil
+
+    from rayssl.config import DataConfig, build_config
+    from rayssl.data.sources import resolve_source
+    from rayssl.data.synthetic import make_ct_phantoms
+
+    root = make_ct_phantoms(tmp_path / "ct", n=8, seed=0, shape=(24, 24, 16))
+    data = build_config(DataConfig, {"source": f"msd:{root}", "folds": 4, "val_fold": 0, "test_fold": 1})
+    test_images = [c.image[0] for c in resolve_source(data).cases if c.split == "test"]
+    test_image = test_images[0]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i, f in enumerate(sorted((root / "imagesTr").iterdir())):
+        if str(f) not in test_images:
+            shutil.copy(f, pool / f"other_{i}.nii.gz")
+    assert bench.pool_overlap(f"msd:{root}", f"folder:{pool}") == []
+    shutil.copy(test_image, pool / "renamed_copy.nii.gz")  # the same content under another name
+    assert bench.pool_overlap(f"msd:{root}", f"folder:{pool}") == [test_image]
+    with pytest.raises(SystemExit, match="holds 1 test case"):
+        bench.main(["--source", f"msd:{root}", "--pretrain-source", f"folder:{pool}", "--labelled", "1",
+                    "--out", str(tmp_path / "le")])
