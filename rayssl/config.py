@@ -313,13 +313,20 @@ def dump_config(cfg: BaseModel) -> dict:
 # --------------------------------------------------------------------------- pre-training
 
 
-class ModelConfig(Strict):
-    """The network: a masked autoencoder (2D/3D ViT) or the Models Genesis U-Net."""
+def resenc_divisor(size: str) -> int:
+    """What the input sides of a residual U-Net of ``size`` must divide by (its downsamplings; models/resenc_unet.py)."""
+    return {"tiny": 8, "small": 16, "base": 32, "large": 32}[size]
 
-    method: Literal["mae", "genesis"] = "mae"
-    """``mae`` (masked autoencoder, ViT) or ``genesis`` (Models Genesis U-Net)."""
+
+class ModelConfig(Strict):
+    """The network: a masked autoencoder (2D/3D ViT), the Models Genesis U-Net, or a residual U-Net pre-trained by
+    masked image modelling."""
+
+    method: Literal["mae", "genesis", "cnn_mae"] = "mae"
+    """``mae`` (masked autoencoder, ViT), ``genesis`` (Models Genesis U-Net) or ``cnn_mae`` (masked image modelling
+    of a whole residual-encoder U-Net, as nnssl)."""
     size: Literal["tiny", "small", "base", "large"] = "base"
-    """ViT encoder size (tiny/small/base/large)."""
+    """Network size: the ViT encoder's (mae) or the residual U-Net's (cnn_mae; large: nnU-Net's ResEnc-L)."""
     patch_size: int = Field(16, ge=2)
     """ViT patch side in voxels (16 in the paper); data.roi must be a multiple."""
     decoder_embed_dim: int = Field(384, ge=6)
@@ -329,7 +336,11 @@ class ModelConfig(Strict):
     decoder_num_heads: int = Field(12, ge=1)
     """MAE decoder attention heads."""
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
-    """Fraction of patches the MAE masks."""
+    """Fraction of patches the MAE masks (cnn_mae: of the mask_block-sided blocks)."""
+    mask_block: int = Field(16, ge=1)
+    """cnn_mae: side of the masked blocks in voxels (nnssl: 16); data.roi must divide by it."""
+    sparse: bool = False
+    """cnn_mae: the Spark3D variant, re-applying the mask after every encoder stage."""
     norm_pix_loss: bool = False
     """Regress each masked patch normalised by its own mean and variance (SelfMedMAE always does)."""
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
@@ -370,10 +381,12 @@ class OptimConfig(Strict):
     """AdamW betas (MAE / SelfMedMAE: 0.9, 0.95)."""
     momentum: float = Field(0.9, ge=0, lt=1)
     """SGD momentum."""
+    nesterov: bool = False
+    """SGD with Nesterov momentum (nnU-Net, nnssl)."""
     weight_decay: float = Field(0.05, ge=0)
     """AdamW weight decay of weight matrices."""
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    """Learning-rate schedule after the warm-up."""
+    schedule: Literal["cosine", "step", "constant", "poly"] = "cosine"
+    """Learning-rate schedule after the warm-up (``poly``: ``(1 - progress) ** 0.9``, nnU-Net's and nnssl's PolyLR)."""
     warmup_epochs: float = Field(1.0, ge=0)
     """Linear warm-up, in epochs."""
     step_epochs: int = Field(10, ge=1)
@@ -468,6 +481,9 @@ class PretrainConfig(Strict):
             check_genesis_recipe(self.data.recipe)
         if self.model.method == "mae":
             check_divisible(self.data.roi, self.model.patch_size, f"model.patch_size={self.model.patch_size}")
+        elif self.model.method == "cnn_mae":
+            check_divisible(self.data.roi, resenc_divisor(self.model.size), f"a model.size={self.model.size} residual U-Net")
+            check_divisible(self.data.roi, self.model.mask_block, f"model.mask_block={self.model.mask_block}")
         elif len(self.data.roi) == 3:
             check_divisible(self.data.roi, 8, "the Genesis U-Net pools three times")
         return self
@@ -479,9 +495,9 @@ class PretrainConfig(Strict):
 class FinetuneModelConfig(Strict):
     """The downstream network: UNETR (3D seg), Genesis U-Net (3D seg) or a ViT classifier (2D)."""
 
-    arch: Literal["unetr", "genesis_unet", "vit_classifier"] = "unetr"
+    arch: Literal["unetr", "genesis_unet", "resenc_unet", "vit_classifier"] = "unetr"
     size: Literal["tiny", "small", "base", "large"] = "base"
-    """ViT encoder size (UNETR, classifier)."""
+    """ViT encoder size (UNETR, classifier) or residual U-Net size (resenc_unet)."""
     patch_size: int = Field(16, ge=2)
     drop_path: float = Field(0.1, ge=0.0, lt=1.0)
     feature_size: int = Field(16, ge=1)
@@ -552,13 +568,15 @@ class FinetuneConfig(Strict):
     @model_validator(mode="after")
     def _check_ft(self) -> "FinetuneConfig":
         dims = len(self.data.roi)
-        if self.model.arch in ("unetr", "genesis_unet") and dims != 3:
+        if self.model.arch in ("unetr", "genesis_unet", "resenc_unet") and dims != 3:
             raise ValueError(f"model.arch={self.model.arch} needs a 3D data.roi, got {list(self.data.roi)}")
         if self.model.arch == "vit_classifier" and self.task.labels not in (None, "multilabel"):
             raise ValueError(f"model.arch=vit_classifier predicts task.labels=multilabel, got {self.task.labels}")
         if self.eval.roi is not None and len(self.eval.roi) != dims:
             raise ValueError(f"eval.roi {list(self.eval.roi)} must have {dims} entries like data.roi")
         by, what = ((8, "the Genesis U-Net pools three times") if self.model.arch == "genesis_unet"
+                    else (resenc_divisor(self.model.size), f"a model.size={self.model.size} residual U-Net")
+                    if self.model.arch == "resenc_unet"
                     else (self.model.patch_size, f"model.patch_size={self.model.patch_size}"))
         check_divisible(self.data.roi, by, what)
         if self.eval.roi is not None:

@@ -127,3 +127,23 @@ def test_first_epoch_rows_start_before_they_are_asked_for():
     with pytest.raises(ConnectionError, match="no shard"):
         started_now(unreachable)()
     assert list(started_now(lambda: iter([]))()) == []
+
+
+def test_poly_schedule_is_nnssls_polylr():
+    from rayssl.config import OptimConfig
+    from rayssl.train.optim import lr_factor
+
+    o = OptimConfig(schedule="poly", warmup_epochs=0)
+    f = lambda s: lr_factor(s, total_steps=100, warmup_steps=0, optim=o, steps_per_epoch=10, base_lr=1e-2)  # noqa: E731
+    assert f(0) == 1.0 and f(100) == 0.0
+    assert f(50) == pytest.approx(0.5 ** 0.9) and f(90) == pytest.approx(0.1 ** 0.9)  # (1 - step / max) ** 0.9
+
+
+def test_sgd_takes_nesterov_from_the_config():
+    import torch
+
+    from rayssl.config import OptimConfig
+    from rayssl.train.optim import make_optimizer
+
+    opt = make_optimizer(OptimConfig(optimizer="sgd", momentum=0.99, nesterov=True), 1e-2)([torch.nn.Parameter(torch.zeros(2))])
+    assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.99

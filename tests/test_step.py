@@ -65,8 +65,14 @@ def _models():
     from rayssl.models.mae import MaskedAutoencoder
     from rayssl.models.unetr import UNETR
 
+    from rayssl.models.resenc_unet import RESENC_SIZES, ResEncUNet
+    from rayssl.pretrain.cnn_mae import block_mask, masked_mse
+
     x3, x2 = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32)
+    mask = block_mask(2, (32, 32, 32), 16, 0.75, torch.Generator().manual_seed(0), torch.device("cpu"))
     return {
+        "resenc_unet_sparse": (lambda: ResEncUNet(1, 1, **RESENC_SIZES["tiny"], sparse=True),
+                               lambda m: masked_mse(m(x3 * (1 - mask), mask), x3, mask)),
         "mae3d": (lambda: MaskedAutoencoder(3, (32, 32, 32), 16, 1, 48, 2, 3, 48, 1, 3), lambda m: m(x3, mask_ratio=0.75)[0]),
         "mae2d": (lambda: MaskedAutoencoder(2, (32, 32), 8, 1, 48, 2, 3, 48, 1, 3), lambda m: m(x2, mask_ratio=0.75)[0]),
         "unetr": (lambda: UNETR((32, 32, 32), 8, 1, 3, 48, 4, 3), lambda m: m(x3).square().mean()),

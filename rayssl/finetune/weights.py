@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rayssl.models.genesis_unet import GenesisUNet
+from rayssl.models.resenc_unet import ResEncUNet
 from rayssl.models.vit import ViTEncoder, check_grid, interpolate_pos_embed
 from rayssl.train.checkpoint import load_export
 
@@ -118,6 +119,25 @@ def _load_unet(unet: GenesisUNet, weights: dict, meta: dict, source: Path) -> di
     return {"pos_embed_interpolated": None, "loaded": sorted(state)}
 
 
+def _load_resenc(unet: ResEncUNet, weights: dict, meta: dict, source: Path) -> dict:
+    """A cnn_mae pre-training's whole residual U-Net: encoder and decoder load, only the output layer is new."""
+    if meta.get("architecture") != "resenc_unet":
+        raise ValueError(f"pretrained weights {source} hold a {meta.get('architecture')!r} network "
+                         f"(method {meta.get('method')!r}); model.arch=resenc_unet needs cnn_mae weights")
+    _mismatch(source, {
+        "features": (meta.get("features"), list(unet.features)),
+        "blocks": (meta.get("blocks"), list(unet.blocks)),
+        "in_channels": (meta.get("in_channels"), unet.encoder[0][0].conv1.conv.in_channels),
+        "spatial_dims": (meta.get("spatial_dims"), unet.spatial_dims),
+    })
+    state = {k: v for k, v in weights.items() if not k.startswith("head.")}  # new output layer
+    own = {k: v for k, v in unet.state_dict().items() if not k.startswith("head.")}
+    _check_shapes(source, state, own, "")
+    with torch.no_grad():
+        unet.load_state_dict(state, strict=False)
+    return {"pos_embed_interpolated": None, "loaded": sorted(state)}
+
+
 def _interpolate(encoder: ViTEncoder, state: dict, source: Path) -> list | None:
     """Resize ``state["pos_embed"]`` to the encoder's grid when the source's cubic/square grid differs."""
     pos = state.get("pos_embed")
@@ -142,6 +162,9 @@ def _load_native(model: nn.Module, path: Path) -> dict:
         fmt = convert.detect(state)
     except convert.FormatError as e:
         raise ValueError(str(e)) from None
+    if isinstance(model, ResEncUNet):
+        raise ValueError(f"pretrained weights {path} have no rayssl sidecar (.json); model.arch=resenc_unet loads "
+                         "a cnn_mae pre-training's export/unet.safetensors")
     if isinstance(model, GenesisUNet):
         if fmt not in ("genesis", "rayssl"):
             raise ValueError(f"pretrained weights {path} are a {fmt} checkpoint; model.arch=genesis_unet needs the "
@@ -206,6 +229,8 @@ def load_pretrained(model: nn.Module, spec: str | Path | None) -> dict:
     weights, meta = load_export(path)
     if isinstance(model, GenesisUNet):
         report = _load_unet(model, weights, meta, path)
+    elif isinstance(model, ResEncUNet):
+        report = _load_resenc(model, weights, meta, path)
     elif isinstance(getattr(model, "encoder", None), ViTEncoder):
         report = _load_vit(model.encoder, weights, meta, path)
     else:

@@ -30,7 +30,7 @@ def train_loop_per_worker(config: dict) -> None:
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
 
-    model_module = "mae" if cfg.model.method == "mae" else "genesis_unet"  # timm or MONAI: also before it
+    model_module = {"mae": "mae", "genesis": "genesis_unet", "cnn_mae": "resenc_unet"}[cfg.model.method]  # timm or MONAI
     importlib.import_module(f"rayssl.models.{model_module}")
     base_mem = peak_memory_mb(ctx.device)  # the process before the model: libraries, Ray, DeepSpeed
 

@@ -28,6 +28,10 @@ def build_model(cfg: PretrainConfig, channels: int) -> nn.Module:
             norm_pix_loss=m.norm_pix_loss,
             drop_path_rate=m.drop_path,
         )
+    if m.method == "cnn_mae":
+        from rayssl.models.resenc_unet import RESENC_SIZES, ResEncUNet
+
+        return ResEncUNet(channels, channels, **RESENC_SIZES[m.size], spatial_dims=len(roi), sparse=m.sparse)
     if len(roi) != 3:
         raise ValueError(f"model.method=genesis needs a 3D data.roi, got {list(roi)}")
     from rayssl.models.genesis_unet import GenesisUNet
@@ -50,6 +54,11 @@ def export_meta(cfg: PretrainConfig, channels: int) -> dict:
         from rayssl.models.vit import VIT_SIZES
 
         meta.update(architecture="vit", size=m.size, patch_size=m.patch_size, mask_ratio=m.mask_ratio, **VIT_SIZES[m.size])
+    elif m.method == "cnn_mae":
+        from rayssl.models.resenc_unet import RESENC_SIZES
+
+        meta.update(architecture="resenc_unet", size=m.size, sparse=m.sparse, mask_ratio=m.mask_ratio,
+                    mask_block=m.mask_block, **{k: list(v) for k, v in RESENC_SIZES[m.size].items()})
     else:
         meta.update(architecture="genesis_unet", base_channels=m.unet_base_channels, norm=m.unet_norm)
     return meta
@@ -61,13 +70,18 @@ def build_objective(cfg: PretrainConfig):
         from rayssl.pretrain.mae import MAEObjective
 
         return MAEObjective(cfg.model.mask_ratio)
+    if cfg.model.method == "cnn_mae":
+        from rayssl.pretrain.cnn_mae import CNNMAEObjective
+
+        return CNNMAEObjective(cfg.model.mask_ratio, cfg.model.mask_block)
     from rayssl.pretrain.genesis import GenesisObjective
 
     return GenesisObjective(cfg.corruption)
 
 
 def export_state(method: str, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What fine-tuning loads: the ViT encoder of an MAE, the whole U-Net of Models Genesis."""
+    """What fine-tuning loads: the ViT encoder of an MAE, the whole U-Net of Models Genesis and of cnn_mae (without
+    the sparse variant's mask tokens, which only pre-training uses)."""
     if method == "mae":
         return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-    return dict(weights)
+    return {k: v for k, v in weights.items() if not k.startswith("mask_tokens.")}

@@ -71,7 +71,7 @@ def make_optimizer(optim: OptimConfig, lr: float) -> Callable[[list], torch.opti
         fused = True if on_gpu else None  # one kernel for all parameters on a GPU; torch's default elsewhere
         if optim.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=lr, betas=optim.betas, fused=fused)
-        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, fused=fused)
+        return torch.optim.SGD(groups, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov, fused=fused)
 
     return build
 
@@ -80,7 +80,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, optim: OptimConfig
     """Multiplier of the peak lr at optimiser step ``step`` (0-based).
 
     Linear warm-up over ``warmup_steps``, then ``cosine`` decay to ``min_lr`` at ``total_steps``,
-    ``step`` decay by ``step_gamma`` every ``step_epochs`` epochs, or ``constant``.
+    ``step`` decay by ``step_gamma`` every ``step_epochs`` epochs, ``poly`` decay ``(1 - progress) ** 0.9`` to 0 (nnssl
+    ``training/lr_scheduler/polylr.py``, exponent 0.9; stepped there once an epoch, here every step), or ``constant``.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -89,6 +90,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, optim: OptimConfig
     if optim.schedule == "step":
         return optim.step_gamma ** ((step // max(1, steps_per_epoch)) // optim.step_epochs)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if optim.schedule == "poly":
+        return (1.0 - progress) ** 0.9
     floor = optim.min_lr / base_lr if base_lr > 0 else 0.0
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
