@@ -3,8 +3,10 @@
     python jobs/tune.py --task NAME [--preset NAME] [--config FILE] [num_samples=N] [key=value ...]
 
 ``--task`` names the task and picks the preset ``rayssl/presets/tune/<task>.yaml`` unless ``--preset`` is
-given. Re-running with the same ``name=...`` resumes the sweep. The last printed line is the sweep directory
-(``leaderboard.csv``, ``leaderboard.md``, ``leaderboard.png``).
+given. Re-running with the same ``name=...`` resumes the sweep, once every Ray Tune state file in it verifies
+against the signatures rayssl wrote with its sweep key (``RAYSSL_SWEEP_KEY`` or ``~/.config/rayssl/sweep.key``);
+a file that does not is named and the job exits with status 2 before Ray starts. The last printed line is the
+sweep directory (``leaderboard.csv``, ``leaderboard.md``, ``leaderboard.png``).
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Experiment trackers with the real libraries: MLflow file store, TensorBoard event files, W&B offline files."""
+"""Experiment trackers with the real libraries: MLflow SQLite store, TensorBoard event files, W&B offline files."""
 
 import json
 
@@ -33,19 +33,45 @@ def test_flatten_gives_dotted_parameters_and_a_missing_library_is_named(monkeypa
         check_installed("mlflow")
 
 
-def test_mlflow_file_store_holds_params_metric_history_and_artifacts(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from mlflow import MlflowClient
+READ_BACK = """
+import json, sys
+from mlflow import MlflowClient
 
-    run_dir = _run(tmp_path, "mlflow")
+record = json.loads(open(sys.argv[1]).read())
+client = MlflowClient(record["mlflow_uri"])
+run = client.get_run(record["mlflow_run_id"])
+print(json.dumps({"params": run.data.params, "status": run.info.status, "metrics": sorted(run.data.metrics),
+                  "loss": [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")],
+                  "artifacts": [a.path for a in client.list_artifacts(run.info.run_id)]}))
+"""
+
+
+def test_mlflow_default_store_is_sqlite_that_mlflow_reads_with_its_own_defaults(tmp_path, monkeypatch, caplog):
+    """A fresh MlflowClient in a process without MLFLOW_ALLOW_FILE_STORE (MLflow 3's file store is refused there)."""
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with caplog.at_level(logging.INFO, logger="rayssl.train.trackers"):
+        run_dir = _run(tmp_path, "mlflow")
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # rayssl no longer opts its own process in
     record = json.loads((run_dir / "tracker.json").read_text())
-    client = MlflowClient(record["mlflow_uri"])
-    run = client.get_run(record["mlflow_run_id"])
-    assert run.data.params["data.roi"] == "[32, 32, 32]" and run.data.params["optim.lr"] == "0.001"
-    history = client.get_metric_history(run.info.run_id, "loss")
-    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
-    assert "note" not in run.data.metrics and run.info.status == "FINISHED"
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["result.json"]
+    db = (run_dir / "mlflow.db").resolve()
+    assert record["mlflow_uri"] == f"sqlite:///{db}" and not (run_dir / "mlruns").exists()
+    assert f"mlflow ui --backend-store-uri sqlite:///{db}" in caplog.text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-c", READ_BACK, str(run_dir / "tracker.json")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["params"]["data.roi"] == "[32, 32, 32]" and got["params"]["optim.lr"] == "0.001"
+    assert got["loss"] == [[1, 1.0], [2, 0.5], [3, 1 / 3]] and got["status"] == "FINISHED"
+    assert got["metrics"] == ["loss", "lr", "world_size"]  # text is skipped
+    assert got["artifacts"] == ["result.json"] and (run_dir / "mlartifacts").is_dir()
+    assert not (tmp_path / "mlruns").exists()  # nothing written beside the process's working directory
 
 
 def test_tensorboard_event_files_read_back(tmp_path):

@@ -1,4 +1,7 @@
-"""Resume: the sweep driver is killed while a trial runs; re-running restores the Tuner, keeps finished trials."""
+"""Resume: the sweep driver is killed while a trial runs; re-running restores the Tuner, keeps finished trials.
+
+Every test signs with a key of its own (``RAYSSL_SWEEP_KEY``), never the user's ``~/.config/rayssl/sweep.key``.
+"""
 
 import json
 import os
@@ -6,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 FAKE_TRIAL = textwrap.dedent('''
     def fake_trial(params, sweep, sweep_dir):
@@ -41,7 +46,7 @@ DRIVER = textwrap.dedent('''
 ''')
 
 
-def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_path):
+def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_path, monkeypatch):
     from rayssl.config import SweepConfig, load_config
     from rayssl.tune.sweep import run_sweep
 
@@ -50,6 +55,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_p
     (tmp_path / "sweep.cfg.json").write_text(cfg.model_dump_json())
     (tmp_path / "fake_trial.py").write_text(FAKE_TRIAL)
     (tmp_path / "driver.py").write_text(DRIVER)
+    monkeypatch.setenv("RAYSSL_SWEEP_KEY", "a test key of 32 characters ...")  # the driver's too
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled"}
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), address, str(tmp_path)], env=env,
@@ -58,6 +64,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_p
     first, second = (tmp_path / "starts.txt").read_text().split()
     sweep_dir = tmp_path / "resume"
     finished_before = (sweep_dir / first / "result.json").read_text()
+    assert (sweep_dir / "tune_state.seal").is_file()  # the killed driver had signed Tune's state as Tune saved it
 
     scope: dict = {}
     exec(FAKE_TRIAL, scope)
@@ -132,6 +139,7 @@ def test_ctrl_c_stops_the_sweep_before_the_baseline_and_resumes(ray_session, tmp
     (tmp_path / "sweep.cfg.json").write_text(cfg.model_dump_json())
     (tmp_path / "fake_trial.py").write_text(INTERRUPTING_TRIAL)
     (tmp_path / "driver.py").write_text(INTERRUPTED_DRIVER)
+    monkeypatch.setenv("RAYSSL_SWEEP_KEY", "a test key of 32 characters ...")  # the driver's too
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "RAY_AUTH_MODE": "disabled"}
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), address, str(tmp_path)], env=env,
@@ -153,13 +161,29 @@ def test_ctrl_c_stops_the_sweep_before_the_baseline_and_resumes(ray_session, tmp
     assert len(set((tmp_path / "starts.txt").read_text().split())) == 3 and time.time() - start < 300
 
 
-def test_an_mlflow_tracked_sweep_nests_a_run_per_trial_under_its_own(ray_session, tmp_path, monkeypatch):
+MLFLOW_READ_BACK = textwrap.dedent('''
+    import json, sys
     from mlflow import MlflowClient
 
+    record = json.loads(open(sys.argv[1]).read())
+    client = MlflowClient(record["mlflow_uri"])
+    parent = client.get_run(record["mlflow_run_id"])
+    trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    print(json.dumps({"status": parent.info.status, "num_samples": parent.data.params["num_samples"],
+                      "artifacts": [a.path for a in client.list_artifacts(parent.info.run_id)],
+                      "trials": [{"history": len(client.get_metric_history(t.info.run_id, "val_metric")),
+                                  "params": sorted(t.data.params)} for t in trials]}))
+''')
+
+
+def test_an_mlflow_tracked_sweep_nests_a_run_per_trial_under_its_own(ray_session, tmp_path, monkeypatch):
+    """Read back by a fresh MlflowClient in a process without MLFLOW_ALLOW_FILE_STORE: the sweep's SQLite store."""
     import rayssl.tune.sweep as sweep
     from rayssl.config import SweepConfig, load_config
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("RAYSSL_SWEEP_KEY", "a test key of 32 characters ...")
     cfg = load_config(SweepConfig, "tune", "tiny", overrides=[
         "num_samples=2", "baseline=false", "name=tracked", f"storage_path={tmp_path}", "tracker=mlflow",
         "space={lr: {low: 0.001, high: 0.01}}"])
@@ -167,12 +191,51 @@ def test_an_mlflow_tracked_sweep_nests_a_run_per_trial_under_its_own(ray_session
     exec(FAKE_TRIAL.replace("len(set(starts)) == 2", "False"), scope)  # no driver to kill here
     sweep_dir = Path(sweep.run_sweep(cfg, trainable=scope["fake_trial"]))
     record = json.loads((sweep_dir / "tracker.json").read_text())
-    client = MlflowClient(record["mlflow_uri"])
-    parent = client.get_run(record["mlflow_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.params["num_samples"] == "2"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.csv", "leaderboard.md"}
-    trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(trials) == 2
-    for trial in trials:
-        history = client.get_metric_history(trial.info.run_id, "val_metric")
-        assert len(history) >= 1 and "lr" in trial.data.params
+    assert record["mlflow_uri"] == f"sqlite:///{sweep_dir / 'mlflow.db'}" and not (sweep_dir / "mlruns").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.run([sys.executable, "-c", MLFLOW_READ_BACK, str(sweep_dir / "tracker.json")], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["status"] == "FINISHED" and got["num_samples"] == "2"
+    assert set(got["artifacts"]) >= {"leaderboard.csv", "leaderboard.md"}
+    assert len(got["trials"]) == 2
+    for trial in got["trials"]:
+        assert trial["history"] >= 1 and "lr" in trial["params"]
+
+
+def test_a_resume_refuses_planted_tune_state_and_resumes_once_it_is_gone(ray_session, tmp_path, monkeypatch):
+    """A finished sweep's re-run restores it; a newer ``searcher-state-*.pkl`` planted in it is the one Tune would
+    unpickle on that restore (it loads the newest by name): the resume stops first, and nothing runs."""
+    import pickle
+
+    from ray.tune.experiment.trial import Trial
+
+    import rayssl.tune.sweep as sweep
+    from rayssl.config import SweepConfig, load_config
+    from rayssl.tune.seal import UntrustedSweepState
+
+    monkeypatch.setenv("RAYSSL_SWEEP_KEY", "a test key of 32 characters ...")
+    cfg = load_config(SweepConfig, "tune", "tiny", overrides=[
+        "num_samples=2", "baseline=false", "name=planted", f"storage_path={tmp_path}",
+        "space={lr: {low: 0.001, high: 0.01}}"])
+    scope: dict = {}
+    exec(FAKE_TRIAL.replace("len(set(starts)) == 2", "False"), scope)
+    sweep_dir = Path(sweep.run_sweep(cfg, trainable=scope["fake_trial"]))
+    signed = json.loads((sweep_dir / "tune_state.seal").read_text())["files"]
+    assert {n.split("-")[0] for n in signed} == {"tuner.pkl", "experiment_state", "search_gen_state", "searcher"}
+    assert Trial.get_pickled_error(None) is None  # no trial's error.pkl is unpickled from storage either
+
+    marker = tmp_path / "ran"
+    planted = sweep_dir / "searcher-state-2099-01-01_00-00-00.pkl"
+    planted.write_bytes(b"cbuiltins\nexec\n(V" + f"open({str(marker)!r}, 'w').close()".encode() + b"\ntR.")
+    with pytest.raises(UntrustedSweepState, match=f"{planted}: Ray Tune would unpickle this file"):
+        sweep.run_sweep(cfg, trainable=scope["fake_trial"])
+    assert not marker.exists()
+    pickle.loads(planted.read_bytes())  # the payload is live
+    assert marker.exists()
+
+    planted.unlink()
+    starts = (tmp_path / "starts.txt").read_text()
+    assert sweep.run_sweep(cfg, trainable=scope["fake_trial"]) == str(sweep_dir)  # the signed state resumes
+    assert (tmp_path / "starts.txt").read_text() == starts  # the finished trials were not run again

@@ -21,7 +21,9 @@ def sweep(ray_session, tmp_path_factory):
         # both trials fall in the 0.75 mask-ratio bucket: one pre-training for the two
         "space.mask_ratio={low: 0.74, high: 0.76, step: null}", "space.layer_decay={low: 0.6, high: 0.9}",
         "space.lr={low: 1.0e-3, high: 5.0e-3, log: true}", "space.drop_path=null"])
-    return Path(run_sweep(cfg))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYSSL_SWEEP_KEY", "a test key of 32 characters ...")  # not the user's ~/.config/rayssl key
+        return Path(run_sweep(cfg))
 
 
 def tune_reports(trial_dir: Path) -> list[dict]:

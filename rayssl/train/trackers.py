@@ -2,15 +2,17 @@
 
 Rank 0 of a Ray Train run opens the tracker's run, logs the full config as parameters and every metric
 line at its step; the driver reopens the same run at the end to log the artifacts (previews, exported
-weights, ``result.json``). MLflow follows ``MLFLOW_TRACKING_URI`` and defaults to a file store in the run
-directory (``mlruns/``); W&B runs offline unless ``WANDB_MODE`` says otherwise (nodes may have no
-internet); TensorBoard writes event files to ``tensorboard/`` in the run directory. The libraries are
-optional extras (``pip install -e ".[mlflow]"``, ``.[tensorboard]``, ``.[wandb]``).
+weights, ``result.json``). MLflow follows ``MLFLOW_TRACKING_URI`` and defaults to MLflow's recommended local
+store, SQLite, in the run directory (``mlflow.db``, artifacts in ``mlartifacts/``), which ``mlflow ui`` and
+``MlflowClient`` read with their own defaults; W&B runs offline unless ``WANDB_MODE`` says otherwise (nodes
+may have no internet); TensorBoard writes event files to ``tensorboard/`` in the run directory. The
+libraries are optional extras (``pip install -e ".[mlflow]"``, ``.[tensorboard]``, ``.[wandb]``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -18,6 +20,16 @@ from pathlib import Path
 
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")
 RECORD = "tracker.json"
+MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"
+"""MLflow's default store in a run (or sweep) directory: SQLite, the artifacts in a folder beside it."""
+
+log = logging.getLogger(__name__)
+_announced: set[str] = set()
+
+
+def mlflow_default_uri(run_dir: str | Path) -> str:
+    """``sqlite:////abs/run/mlflow.db``: where a run logs when ``MLFLOW_TRACKING_URI`` is not set."""
+    return f"sqlite:///{(Path(run_dir) / MLFLOW_DB).resolve().as_posix()}"
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -61,17 +73,22 @@ class Tracker:
         elif kind == "mlflow":
             import mlflow
 
-            uri = os.environ.get("MLFLOW_TRACKING_URI")
-            if not uri:  # a plain file store in the run directory (MLflow 3 asks for an explicit opt-in)
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-                uri = (self.run_dir / "mlruns").resolve().as_uri()
-            self.uri = uri
+            default = mlflow_default_uri(self.run_dir)
+            uri = self.uri = os.environ.get("MLFLOW_TRACKING_URI") or default
+            if uri == default:
+                for quiet in ("mlflow.store.db.utils", "alembic"):  # "creating tables": nothing to act on
+                    logging.getLogger(quiet).setLevel(logging.WARNING)
+                if uri not in _announced:  # once per process: at the start (rank 0, sweep) and the end (driver)
+                    _announced.add(uri)
+                    log.info("MLflow run %r: open it with: mlflow ui --backend-store-uri %s (the UI comes with "
+                             "pip install mlflow)", name, uri)
             self._client = mlflow.MlflowClient(uri)
             if "mlflow_run_id" in known:
                 self.run_id = known["mlflow_run_id"]
             else:
                 exp = self._client.get_experiment_by_name("rayssl")
-                exp_id = exp.experiment_id if exp else self._client.create_experiment("rayssl")
+                artifacts = (self.run_dir / MLFLOW_ARTIFACTS).resolve().as_uri() if uri == default else None
+                exp_id = exp.experiment_id if exp else self._client.create_experiment("rayssl", artifacts)
                 tags = {"mlflow.runName": name}
                 if os.environ.get("RAYSSL_MLFLOW_PARENT"):
                     tags["mlflow.parentRunId"] = os.environ["RAYSSL_MLFLOW_PARENT"]

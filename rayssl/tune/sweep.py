@@ -4,7 +4,8 @@ The sweep directory ``<storage_path>/<name>`` is Tune's experiment directory. It
 ``sweep.json`` (the config), one folder per trial (``trial.json``: which encoder it used; ``finetune/``:
 the Ray Train run with ``result.json``), ``pretrain_store/``, ``baseline/`` (from scratch, same budget)
 and the leaderboard. Re-running with the same name restores the Tuner: finished trials are kept,
-unfinished ones resume (their fine-tuning and pre-training runs continue from their checkpoints).
+unfinished ones resume (their fine-tuning and pre-training runs continue from their checkpoints). Tune
+restores from pickles, so only state files that rayssl signed are handed to it (:mod:`rayssl.tune.seal`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rayssl.config import FinetuneConfig, PretrainConfig, SweepConfig, dump_conf
 from rayssl.search_space import PARAMS, check_methods
 from rayssl.train.launch import init_ray, max_workers
 from rayssl.train.trackers import Tracker, check_installed
+from rayssl.tune import seal
 from rayssl.tune.layout import BASELINE_DIR, SWEEP_FILE, store_root
 from rayssl.tune.space import build_search_space, default_params, trial_configs
 from rayssl.tune.trial import tune_trial
@@ -109,11 +111,17 @@ class SweepPlan:
 
 
 def plan_sweep(cfg: SweepConfig) -> SweepPlan:
-    """Check everything before Ray starts: the trial configs build, the space fits the method.
+    """Check everything before Ray starts: the trial configs build, the space fits the method, the sweep
+    key is usable and a sweep to resume holds only state files rayssl signed.
 
     Raises:
         ConfigError / ValueError: naming the key.
+        UntrustedSweepState (a ValueError): naming the state file that does not verify.
     """
+    seal.check_key_outside(cfg.storage_path)
+    seal.sweep_key(create=False)  # a usable key (it is created when the first sweep is signed)
+    if cfg.name:
+        seal.verify(sweep_dir_of(cfg))
     pre, ft = trial_configs(cfg, {})
     check_methods(cfg.space, pre.model.method if pre is not None else None)
     check_installed(cfg.tracker)
@@ -180,7 +188,7 @@ def tracker_callbacks(cfg: SweepConfig, sweep_dir: str, parent) -> list:
 
 def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent: int = 1, max_t: int = 1,
                 callbacks: list | None = None):
-    """A new Tuner, or the restored one when ``sweep_dir`` holds a Tune experiment.
+    """A new Tuner, or the restored one when ``sweep_dir`` holds a Tune experiment whose state verifies.
 
     Args:
         cfg: the sweep config.
@@ -196,13 +204,15 @@ def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent
 
     fn = tune.with_parameters(trainable or tune_trial, sweep=dump_config(cfg), sweep_dir=sweep_dir)
     fn = tune.with_resources(fn, {"CPU": cfg.trial_cpus})
+    seal.no_pickled_errors()
+    seal.verify(sweep_dir)  # Tune unpickles these: right before it does
     if tune.Tuner.can_restore(sweep_dir):
         return tune.Tuner.restore(sweep_dir, fn, resume_unfinished=True, resume_errored=True)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials)
     asha = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.asha.grace_period, max_t),
                          reduction_factor=cfg.asha.reduction_factor, stop_last_trials=False)
     path = Path(sweep_dir)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         fn,
         param_space=build_search_space(cfg.space),
         tune_config=tune.TuneConfig(
@@ -210,8 +220,11 @@ def build_tuner(cfg: SweepConfig, sweep_dir: str, trainable=None, max_concurrent
             num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                                  callbacks=[_release_callback(cfg.trial_cpus), *(callbacks or [])]),
+                                  callbacks=[_release_callback(cfg.trial_cpus), *(callbacks or []),
+                                             seal.seal_callback()]),
     )
+    seal.seal(sweep_dir, names=["tuner.pkl"])  # Tune wrote it just now, straight to the sweep directory
+    return tuner
 
 
 def run_baseline(cfg: SweepConfig, sweep_dir: str) -> str | None:
