@@ -10,7 +10,7 @@ step() { echo "== $*"; timeout "${BUDGET:-170}" "$@" || echo "!! exit $?: $*"; }
 BUDGET=170 step python benchmarks/gpu_step.py --only mae3d --precisions bf16 --batches 8,32,128,256 --steps 10 --warmup 3 --out "$OUT/mae3d.json"
 BUDGET=60 step python benchmarks/gpu_step.py --only mae3d --precisions bf16-autocast --batches 32 --no-compile --steps 10 --warmup 3 --out "$OUT/mae3d_autocast.json"
 # UNETR fine-tuning step and sliding-window inference (bf16 weights), Genesis corruptions on the GPU
-BUDGET=120 step python benchmarks/gpu_step.py --only unetr,sliding_window,genesis --precisions bf16 --batches 2,4,8 --sw-batches 4,16,32 --steps 10 --warmup 3 --out "$OUT/finetune_infer.json"
+BUDGET=120 step python benchmarks/gpu_step.py --only unetr,sliding_window,genesis,cnn_mae --precisions bf16 --batches 2,4,8 --sw-batches 4,16,32 --steps 10 --warmup 3 --out "$OUT/finetune_infer.json"
 # rayssl's own DeepSpeed step (bf16, ZeRO 0 and 2), compiled, at the batches that fill the GPU
 BUDGET=120 step python benchmarks/gpu_step.py --only genesis --deepspeed --compile-only --batches 128 --steps 10 --warmup 3 --out "$OUT/deepspeed.json"
 # the crops a GPU needs at 40% MFU against what DeviceCrops cuts on it

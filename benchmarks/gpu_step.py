@@ -17,6 +17,8 @@ from a checkout). For each of fp32 and bf16 autocast, with and without ``torch.c
 * ``sliding_window``: UNETR sliding-window inference (96^3 windows, overlap 0.5) over a 512 x 512 x 200
   volume, volumes/s.
 * ``genesis``: Models Genesis corruptions of 64 x 64 x 32 sub-volumes on the device, samples/s.
+* ``cnn_mae``: masked image modelling of nnssl's ResEnc-L at 160^3 (75% of 16^3 blocks masked, MSE on them),
+  forward + backward + AdamW step, batch 2 (``--batches`` sweeps it too).
 
 Precisions: ``fp32``; ``bf16-autocast`` (fp32 weights, every weight cast each step); ``bf16`` (bf16 weights, as
 DeepSpeed's bf16 mode holds them; no per-step casts). ``--batches`` sweeps the 3D MAE's and UNETR's batch,
@@ -60,6 +62,8 @@ SIZES = {  # case -> full size, tiny (CPU smoke) size
                        dict(volume=(40, 40, 40), roi=(32, 32, 32), overlap=0.25, sw_batch=2, patch=16, width=48,
                             depth=4, heads=3, classes=3)),
     "genesis": (dict(shape=(64, 64, 32), batch=32), dict(shape=(32, 32, 16), batch=2)),
+    # nnssl's ResEnc-L at its 160^3 patch, 75% of 16^3 blocks masked (the cnn_mae_resenc_ct preset's step)
+    "cnn_mae": (dict(roi=(160, 160, 160), size="large", block=16, batch=2), dict(roi=(32, 32, 32), size="tiny", block=16, batch=2)),
 }
 
 
@@ -153,11 +157,25 @@ def build(case: str, s: dict, device: torch.device):
             return x, torch.randint(0, s["classes"], (s["batch"], 1, *s["roi"]), device=device)
 
         return model, batch, lambda m, b: loss(m(b[0]), b[1])
+    if case == "cnn_mae":
+        from rayssl.models.resenc_unet import RESENC_SIZES, ResEncUNet
+        from rayssl.pretrain.cnn_mae import block_mask, masked_mse
+
+        model = ResEncUNet(1, 1, **RESENC_SIZES[s["size"]]).to(device)
+        gen = torch.Generator(device=device).manual_seed(0)
+
+        def batch():
+            x = torch.rand(s["batch"], 1, *s["roi"], device=device)
+            return x, block_mask(s["batch"], s["roi"], s["block"], 0.75, gen, device)
+
+        return model, batch, lambda m, b: masked_mse(m(b[0] * (1 - b[1])), b[0], b[1])
     raise ValueError(case)
 
 
 def _cast(batch, dtype):
-    return batch.to(dtype) if torch.is_tensor(batch) else (batch[0].to(dtype), batch[1])
+    if torch.is_tensor(batch):
+        return batch.to(dtype)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in batch)  # labels stay integers
 
 
 def train_case(case: str, s: dict, device, precision: str, compile_: bool, steps: int, warmup: int, peak: float) -> dict:
@@ -342,7 +360,7 @@ def main(argv=None) -> dict:
         if case == "genesis":
             emit({**genesis_case(s, device, args.steps, args.warmup), "case": case, "size": s})
             continue
-        sweep = {"mae3d": _ints(args.batches), "unetr": _ints(args.batches),
+        sweep = {"mae3d": _ints(args.batches), "unetr": _ints(args.batches), "cnn_mae": _ints(args.batches),
                  "sliding_window": _ints(args.sw_batches)}.get(case) or [None]
         for precision in precisions:
             for compile_ in compiles:

@@ -22,7 +22,9 @@ Protocol:
 
 MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: the source's own); ``mae`` masks
 12.5% of the tokens, as SelfMedMAE's run scripts (``scripts/run_mae3d+unetr_btcv.sh --mask_ratio=0.125``),
-``mae@R`` a fraction R (``mae@0.75``: its configs' and the MAE paper's ratio).
+``mae@R`` a fraction R (``mae@0.75``: its configs' and the MAE paper's ratio). cnn_mae arms: ``tiny_cnn_mae``
+(masked image modelling of a tiny residual-encoder U-Net, as nnssl), then the same U-Net fine-tuned whole
+(``model.arch=resenc_unet``); its scratch twin is that U-Net from random weights.
 Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
 (``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI.
 ``--layer-decay`` sets the UNETR arms' layer-wise lr decay (default: the preset's). A diagnostic:
@@ -60,16 +62,19 @@ POOL_SPLIT = ["data.folds=20", "data.val_fold=0", "data.test_fold=null"]
 """A pre-training pool: 95% of its cases pre-train, the rest are its validation split."""
 
 
+RESENC_UNET = ["model.size=tiny"]  # as the tiny_cnn_mae preset
+
+
 def mask_of(method: str) -> float | None:
-    """The mask ratio of an MAE method (``mae``: :data:`MAE_MASK`, ``mae@R``: R); ``None`` for Genesis."""
-    if method == "genesis":
+    """The mask ratio of an MAE method (``mae``: :data:`MAE_MASK`, ``mae@R``: R); ``None`` for the others."""
+    if method in ("genesis", "cnn_mae"):
         return None
     return float(method.partition("@")[2] or MAE_MASK)
 
 
 def family(method: str) -> str:
     """``mae`` for every MAE method, else the method."""
-    return "genesis" if method == "genesis" else "mae"
+    return method if method in ("genesis", "cnn_mae") else "mae"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--recipe", default=None, help="preprocessing recipe of the MAE arms (default: the source's)")
     p.add_argument("--pretrain-source", default=None, help="pre-train on this unlabelled pool (any source SPEC) "
                    "instead of the source's training cases")
-    p.add_argument("--methods", default="mae,genesis", help="comma-separated: mae (mask 0.125), mae@R (mask R), genesis")
+    p.add_argument("--methods", default="mae,genesis", help="comma-separated: mae (mask 0.125), mae@R (mask R), genesis, "
+                   "cnn_mae (masked image modelling of a residual U-Net)")
     p.add_argument("--labelled", default="1,2,4", help="comma-separated numbers of labelled training cases")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--pretrain-epochs", type=int, default=80, help="pre-training epochs (12 steps each "
@@ -97,12 +103,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     bad = []
     for m in args.methods:
         try:
-            ok = m in ("mae", "genesis") or (m.startswith("mae@") and 0.0 < mask_of(m) < 1.0)
+            ok = m in ("mae", "genesis", "cnn_mae") or (m.startswith("mae@") and 0.0 < mask_of(m) < 1.0)
         except ValueError:
             ok = False
         bad += [] if ok else [m]
     if bad or not args.methods:
-        p.error(f"--methods: unknown {bad or 'empty'}; choose from mae, mae@R (0 < R < 1), genesis")
+        p.error(f"--methods: unknown {bad or 'empty'}; choose from mae, mae@R (0 < R < 1), genesis, cnn_mae")
     if not args.labelled or min(args.labelled) < 1 or args.seeds < 1:
         p.error("--labelled needs positive integers and --seeds >= 1")
     if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
@@ -111,19 +117,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def recipes(source: str, recipe: str | None) -> dict[str, str]:
-    """The recipe of each method's arms: MAE's as given (or the source's), Genesis' [0, 1] form of it."""
+    """The recipe of each method's arms: MAE's (and cnn_mae's) as given (or the source's), Genesis' [0, 1] form of it."""
     from rayssl.config import DataConfig
     from rayssl.data.recipes import genesis_recipe
     from rayssl.data.sources import resolve_source
 
     mae = recipe or resolve_source(DataConfig(source=source)).recipe
-    return {"mae": mae, "genesis": genesis_recipe(mae)}
+    return {"mae": mae, "genesis": genesis_recipe(mae), "cnn_mae": mae}
 
 
 def model_overrides(method: str, layer_decay: float | None) -> list[str]:
     """The fine-tuned network of a method's arms: UNETR (with ``layer_decay`` if given) or the Genesis U-Net."""
     if family(method) == "genesis":
         return ["model.arch=genesis_unet", *GENESIS_UNET]
+    if family(method) == "cnn_mae":
+        return ["model.arch=resenc_unet", *RESENC_UNET]
     return ["model.arch=unetr", *([] if layer_decay is None else [f"model.layer_decay={layer_decay}"])]
 
 
@@ -267,8 +275,8 @@ def main(argv=None) -> None:
         if (run / "result.json").is_file():
             print(f"[label_efficiency] reusing {run}", flush=True)
             return str(run)
-        preset = "tiny" if family(method) == "mae" else "tiny_genesis"
-        extra = [f"model.mask_ratio={mask_of(method)}"] if family(method) == "mae" else GENESIS_UNET
+        preset = {"mae": "tiny", "genesis": "tiny_genesis", "cnn_mae": "tiny_cnn_mae"}[family(method)]
+        extra = {"mae": [f"model.mask_ratio={mask_of(method)}"], "genesis": GENESIS_UNET, "cnn_mae": RESENC_UNET}[family(method)]
         pool = [f"data.source={args.pretrain_source}", *POOL_SPLIT] if args.pretrain_source else []
         cfg = load_config(PretrainConfig, "pretrain", preset, overrides=[
             *common, *pool, f"data.recipe={recipe[family(method)]}", *extra, f"epochs={args.pretrain_epochs}",

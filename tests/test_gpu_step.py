@@ -27,10 +27,10 @@ def test_gpu_step_runs_every_case_without_ray_deepspeed_or_pydantic(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(out.read_text())
     rows = {r["case"]: r for r in info["rows"]}
-    assert set(rows) == {"mae3d", "mae2d", "unetr", "sliding_window", "genesis"} and info["tiny"]
+    assert set(rows) == {"mae3d", "mae2d", "unetr", "sliding_window", "genesis", "cnn_mae"} and info["tiny"]
     swept = lambda case, key: sorted(r[key] for r in info["rows"] if r["case"] == case)  # noqa: E731
     assert swept("mae3d", "batch") == swept("unetr", "batch") == [1, 2] and swept("sliding_window", "sw_batch") == [1, 2]
-    for case in ("mae3d", "mae2d", "unetr"):  # FLOPs counted, so MFU is defined
+    for case in ("mae3d", "mae2d", "unetr", "cnn_mae"):  # FLOPs counted, so MFU is defined
         assert rows[case]["samples_per_s"] > 0 and rows[case]["tflop_per_step"] > 0 and 0 < rows[case]["mfu"] < 1
     assert rows["sliding_window"]["volumes_per_s"] > 0 and rows["genesis"]["samples_per_s"] > 0
     assert "SDPA" in info["attention"]

@@ -33,15 +33,16 @@ def test_layer_decay_reaches_the_unetr_arms_only():
     assert model("mae", None).arch == "unetr" and model("mae", None).layer_decay == preset
     assert model("mae", 0.001).layer_decay == 0.001
     assert model("genesis", 0.001).arch == "genesis_unet" and model("genesis", 0.001).layer_decay == preset
+    assert (model("cnn_mae", None).arch, model("cnn_mae", None).size) == ("resenc_unet", "tiny")  # the pre-trained U-Net
 
 
 def test_genesis_arms_get_the_unit_range_form_of_the_recipe(tmp_path):
     from rayssl.data.synthetic import make_mri_phantoms
 
     root = make_mri_phantoms(tmp_path / "mri", n=2, seed=0, shape=(16, 16, 16))
-    assert bench.recipes(f"msd:{root}", None) == {"mae": "mri_brats", "genesis": "mri_genesis"}
-    assert bench.recipes(f"msd:{root}", "mri_genesis") == {"mae": "mri_genesis", "genesis": "mri_genesis"}
-    assert bench.recipes("synthetic:ct:2", "ct_btcv") == {"mae": "ct_btcv", "genesis": "ct_btcv"}
+    assert bench.recipes(f"msd:{root}", None) == {"mae": "mri_brats", "genesis": "mri_genesis", "cnn_mae": "mri_brats"}
+    assert bench.recipes(f"msd:{root}", "mri_genesis") == {"mae": "mri_genesis", "genesis": "mri_genesis", "cnn_mae": "mri_genesis"}
+    assert bench.recipes("synthetic:ct:2", "ct_btcv") == {"mae": "ct_btcv", "genesis": "ct_btcv", "cnn_mae": "ct_btcv"}
     with pytest.raises(ValueError, match="no Models Genesis form"):
         bench.recipes("synthetic:ct:2", "none")
 
@@ -73,9 +74,9 @@ def test_settings_guard_refuses_to_mix_runs(tmp_path):
 
 
 def test_mae_methods_name_their_mask_ratio():
-    args = bench.parse_args(["--methods", "mae,mae@0.75,genesis"])
-    assert [bench.mask_of(m) for m in args.methods] == [0.125, 0.75, None]  # mae: SelfMedMAE's run scripts
-    assert [bench.family(m) for m in args.methods] == ["mae", "mae", "genesis"]
+    args = bench.parse_args(["--methods", "mae,mae@0.75,genesis,cnn_mae"])
+    assert [bench.mask_of(m) for m in args.methods] == [0.125, 0.75, None, None]  # mae: SelfMedMAE's run scripts
+    assert [bench.family(m) for m in args.methods] == ["mae", "mae", "genesis", "cnn_mae"]
     assert bench.model_overrides("mae@0.75", None) == ["model.arch=unetr"]
     for bad in ("mae@1.5", "mae@x", "mae@0"):
         with pytest.raises(SystemExit):
