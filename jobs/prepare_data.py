@@ -25,12 +25,11 @@ if __name__ == "__main__":
             cfg.out = args.out
     except ValueError as e:
         fail(str(e))
-    from rayssl.data.pipeline import check_splits, prepare, resolve_recipe
+    from rayssl.data.pipeline import prepare, resolve_recipe
     from rayssl.data.sources import resolve_source
     from rayssl.train.launch import init_ray
 
-    source = before_ray(resolve_source, cfg.data)  # the source, its recipe and splits, checked before Ray starts
-    before_ray(resolve_recipe, cfg.data, source)
-    before_ray(check_splits, cfg.data, source)
+    source = before_ray(resolve_source, cfg.data)  # the source and its recipe, checked before Ray starts
+    before_ray(resolve_recipe, cfg.data, source)  # any number of cases: an empty split is written empty
     init_ray()
     print(prepare(cfg, source))

@@ -148,3 +148,30 @@ def test_read_image_2d(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
     with pytest.raises(BadInput, match="^not an image file$"):
         read_image_2d(str(tmp_path / "bad.png"))
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9), (5, 7, 9, 3), (5, 7, 9, 2, 3), (5, 7), (3000, 7, 2)])
+@pytest.mark.parametrize("dtype", ["<i2", "<f4", ">f4", "<f8", "u1", "<i4"])
+@pytest.mark.parametrize("kind", ["v.nii", "v.nii.gz", "n2.nii.gz"])
+def test_read_nifti_decodes_as_nibabel_does(tmp_path, shape, dtype, kind):
+    # read in chunks into one float32 array: values, shape, axis order and affine as nibabel gives them
+    data = np.random.default_rng(0).normal(0, 100, shape).astype(dtype)
+    klass = nib.Nifti2Image if kind.startswith("n2") else nib.Nifti1Image
+    path = str(tmp_path / kind)
+    nib.save(klass(data, _affine()), path)
+    out, affine = read_nifti(path)
+    np.testing.assert_array_equal(out, nib.load(path).get_fdata(dtype=np.float32))
+    np.testing.assert_allclose(affine, nib.load(path).affine)
+    if len(shape) in (3, 4):
+        image, _ = read_volume(path)
+        assert image.flags.c_contiguous and image.shape == (shape[3] if len(shape) == 4 else 1, *shape[:3])
+        np.testing.assert_array_equal(image, np.moveaxis(out if len(shape) == 4 else out[..., None], -1, 0))
+
+
+def test_read_nifti_applies_scaling_and_skips_extensions(tmp_path):
+    img = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), _affine())
+    img.header.set_slope_inter(0.5, -3.0)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 5000))  # voxels at byte 5360
+    path = str(tmp_path / "s.nii.gz")
+    nib.save(img, path)
+    np.testing.assert_allclose(read_nifti(path)[0], np.arange(60).reshape(3, 4, 5) * 0.5 - 3.0)

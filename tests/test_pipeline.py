@@ -118,8 +118,8 @@ def test_kept_volumes_count_and_share_the_usable_cases(ray_session, tmp_path):
     shares = [[r["case_id"] for r in kept.epoch_rows(rank, 2)()] for rank in (0, 1)]
     assert shares == [[train[0].case_id], [train[2].case_id]]
     assert {"label", "image"} <= set(next(kept.epoch_rows(0, 1)()))
-    for case in train:
-        Path(case.image[0]).write_bytes(b"not a NIfTI file")
+    for case in train:  # each of its own content: copies would share a subject, and a split
+        Path(case.image[0]).write_bytes(b"not a NIfTI file: " + case.case_id.encode())
     nothing = train_volumes(data, ["image"]).kept  # at_once=0: waits for every case
     with pytest.raises(ValueError, match=f"all {len(train)} training cases were unusable"):
         dataclasses.replace(plan, kept=nothing).training_cases()

@@ -73,58 +73,127 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type == pafs.FileType.File
 
 
-def read_bytes(path: str) -> bytes:
-    """All bytes of a file.
+def special_kind(path: str, mode: int | None = None) -> str | None:
+    """``"a FIFO"``, ``"a socket"``, ``"a character device"`` or ``"a block device"`` when the local ``path``
+    (or the ``st_mode`` given) is one, without opening it (opening a FIFO blocks); ``None`` otherwise."""
+    import stat
+
+    if mode is None:
+        try:
+            mode = os.stat(os.path.expanduser(path)).st_mode if not is_uri(path) else 0
+        except OSError:
+            return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), None)
+
+
+MAX_DECODED_BYTES = 2 * 2**30
+"""The memory budget for one decoded input, checked before anything is read or allocated: the float32 array a
+NIfTI header claims (its voxels x 4 bytes, whatever type it stores: that is what it becomes) and the bytes of any
+file read whole. 2 GiB holds a 512 x 512 x 2048 CT; decoding holds that array and 1 MiB chunks, never the file's
+bytes besides (see also :data:`MAX_IMAGE_PIXELS` and :data:`rayssl.data.preprocess.MAX_RESAMPLED_VOXELS`)."""
+
+MAX_IMAGE_PIXELS = MAX_DECODED_BYTES // 64
+"""The most pixels a 2D image (PNG, JPEG, ...) may have, read from its header before decoding: 32 Mi (e.g.
+5792 x 5792; radiographs have up to about 4300 x 3500). Its preprocessing (histogram equalisation, anti-aliased
+resize) holds about 80 bytes per pixel (1.3 GB for 4096 x 4096), so this keeps it near the budget."""
+
+_CHUNK = 2**20
+"""Bytes read, and decompressed, at a time."""
+
+
+def _open(path: str):
+    """``(input stream, size in bytes)`` of a regular file: a missing path, a folder, a FIFO or a device is refused
+    without opening it."""
+    fs, p = open_uri(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise BadInput("file not found", path)
+    if info.type != pafs.FileType.File:
+        raise BadInput("not a file", path)
+    return fs.open_input_stream(p, compression=None), int(info.size)  # no decompression by extension
+
+
+def read_bytes(path: str, limit: int = MAX_DECODED_BYTES) -> bytes:
+    """All bytes of a file of at most ``limit`` bytes.
 
     Raises:
-        BadInput: ``'file not found'`` or ``'cannot read file: ...'``.
+        BadInput: ``'file not found'``, ``'not a file'``, a file above ``limit`` or ``'cannot read file: ...'``.
     """
     try:
-        fs, p = open_uri(path)
-        info = fs.get_file_info(p)
-        if info.type == pafs.FileType.NotFound:
-            raise BadInput("file not found", path)
-        if info.type != pafs.FileType.File:
-            raise BadInput("not a file", path)
-        with fs.open_input_stream(p, compression=None) as f:  # no decompression by extension
-            return f.readall()
+        f, size = _open(path)
+        with f:
+            if size > limit:
+                raise BadInput(f"file is {size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB budget for "
+                               "a file read whole", path)
+            return f.read(size)
     except BadInput:
         raise
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read file: {e}", path) from None
 
 
-MAX_VOLUME_BYTES = 8 * 2**30
-"""The largest voxel array a NIfTI header may claim (8 GiB, a 1024 x 1024 x 2048 float32 volume): a larger
-claim is refused before anything is allocated or decompressed."""
+class _Content:
+    """A file's content, read in chunks only as far as asked (gunzipped on the fly when it is gzip; the members of
+    a multi-member gzip file one after another, as nibabel reads them)."""
+
+    def __init__(self, f, path: str, chunk: int = _CHUNK):
+        self.f, self.path, self.chunk, self.back = f, path, chunk, b""  # back: content to give again first
+        self.raw = f.read(chunk)  # file bytes not yet decompressed
+        self.d = zlib.decompressobj(16 + zlib.MAX_WBITS) if self.raw[:2] == _GZIP_MAGIC else None
+        self.ended = False  # the gzip data ended where a member did (else it broke off)
+
+    def _next(self, limit: int) -> bytes:
+        """The next at most ``limit`` (> 0) bytes of content; ``b""`` at its end."""
+        if self.back:
+            out, self.back = self.back[:limit], self.back[limit:]
+            return out
+        if self.d is None:
+            if not self.raw:
+                return self.f.read(min(limit, self.chunk))
+            out, self.raw = self.raw[:limit], self.raw[limit:]
+            return out
+        while not self.ended:
+            if self.d.eof:  # a member ended: another may follow
+                self.raw = self.d.unused_data + self.raw
+                if len(self.raw) < 2:
+                    self.raw += self.f.read(self.chunk)
+                if self.raw[:2] != _GZIP_MAGIC:
+                    self.ended = True
+                    break
+                self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if not self.raw:
+                self.raw = self.f.read(self.chunk)
+                if not self.raw:
+                    break
+            try:
+                out = self.d.decompress(self.raw, limit)
+            except zlib.error:
+                raise BadInput("truncated or corrupt gzip data", self.path) from None
+            self.raw = self.d.unconsumed_tail
+            if out:
+                return out
+        return b""
+
+    def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` as far as the content goes; the bytes filled."""
+        n = 0
+        while n < len(view) and (part := self._next(len(view) - n)):
+            view[n:n + len(part)] = part
+            n += len(part)
+        return n
+
+    def read(self, n: int) -> bytes:
+        buf = bytearray(n)
+        return bytes(buf[: self.readinto(memoryview(buf))])
 
 
-def _gunzip(raw: bytes, limit: int, path: str) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of a gzip stream, and whether the stream ended within them (memory stays
-    bounded by ``limit`` whatever the stream claims or expands to)."""
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = []
-    size = 0
-    try:
-        chunk = d.decompress(raw, limit)
-        while True:
-            out.append(chunk)
-            size += len(chunk)
-            if d.eof or size >= limit or not d.unconsumed_tail:
-                break
-            chunk = d.decompress(d.unconsumed_tail, limit - size)
-    except zlib.error:
-        raise BadInput("truncated or corrupt gzip data", path) from None
-    return b"".join(out), d.eof
-
-
-def _head(raw: bytes, path: str) -> bytes:
-    """The first 540 bytes of a file's content (decompressed when it is gzip), enough for either header."""
-    if raw[:2] != _GZIP_MAGIC:
-        return raw[:540]
-    head, ended = _gunzip(raw, 540, path)
-    if len(head) < 348 and not ended:
-        raise BadInput(f"truncated or corrupt gzip data: the stream breaks off after {len(head)} bytes", path)
+def _read_head(content: _Content) -> bytes:
+    """The first 540 bytes of a file's content, enough for either NIfTI header."""
+    head = content.read(540)
+    if len(head) < 348 and content.d is not None and not content.ended:
+        raise BadInput(f"truncated or corrupt gzip data: the stream breaks off after {len(head)} bytes", content.path)
     return head
 
 
@@ -142,19 +211,21 @@ def _nifti_layout(head: bytes, path: str):
                     raise BadInput(f"unreadable NIfTI header: {e}", path) from None
                 if any(int(d) < 0 for d in shape) or offset < 0:
                     raise BadInput(f"unreadable NIfTI header: shape {tuple(shape)}, data offset {offset}", path)
+                if offset < size + 4:  # nibabel reads vox_offset 0 from byte 0: the header as voxels
+                    raise BadInput(f"vox_offset {offset} puts the voxel data inside the {size}-byte header (a .nii "
+                                   f"file has it at byte {size + 4} or later)", path)
                 return klass, header, offset + math.prod(int(d) for d in shape) * dtype.itemsize
     raise BadInput("not a NIfTI file", path)
 
 
 def read_nifti_header(path: str):
-    """The NIfTI header of a file (its first 64 KiB only), e.g. to write an output like it."""
+    """The NIfTI header of a file (its first bytes only), e.g. to write an output like it."""
     try:
-        fs, p = open_uri(path)
-        with fs.open_input_stream(p, compression=None) as f:
-            raw = f.read(65536)
+        f, _ = _open(path)
+        with f:
+            return _nifti_layout(_read_head(_Content(f, path, chunk=65536)), path)[1]
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot read file: {e}", path) from None
-    return _nifti_layout(_head(raw, path), path)[1]
 
 
 def write_nifti_like(values: np.ndarray, reference: str | None, path, affine: np.ndarray | None = None) -> None:
@@ -205,49 +276,107 @@ def _describe(header) -> str:
     return f"{' x '.join(map(str, shape)) or 'no'} voxels of {dtype}"
 
 
-def _decode_nifti(raw: bytes, path: str) -> nib.Nifti1Image:
-    """The image in ``raw`` (``.nii`` or ``.nii.gz`` bytes), after checking that the voxel data its header
-    claims is at most :data:`MAX_VOLUME_BYTES` and is really in the file: a lying header is refused before
-    anything is allocated, and decompression never goes past the claimed size."""
-    gz = raw[:2] == _GZIP_MAGIC
-    klass, header, needed = _nifti_layout(_head(raw, path), path)
-    if needed - int(header.get_data_offset()) > MAX_VOLUME_BYTES:
-        raise BadInput(f"header claims {_describe(header)} ({needed / 2**30:.1f} GiB), above the "
-                       f"{MAX_VOLUME_BYTES / 2**30:.0f} GiB a volume may have", path)
-    if gz:
-        raw, ended = _gunzip(raw, needed, path)
-        if len(raw) < needed:
-            why = "the gzip stream ends" if ended else "the gzip data is truncated or corrupt"
-            raise BadInput(f"truncated: header claims {_describe(header)} ({needed} bytes with the header) but "
-                           f"the file holds {len(raw)} bytes ({why})", path)
-    elif len(raw) < needed:
-        raise BadInput(f"truncated: header claims {_describe(header)} ({needed} bytes with the header) but the "
-                       f"file holds {len(raw)} bytes", path)
+def _affine(header, ndim: int, path: str) -> np.ndarray:
+    """The voxel-to-world affine nibabel gives (sform, else qform, else pixdim), once the voxel sizes that make it
+    are checked: nibabel would silently turn a zero pixdim into 1 mm."""
+    if int(header["sform_code"]) == 0:  # qform or pixdim alone set the voxel sizes
+        zooms = tuple(float(v) for v in header["pixdim"][1:1 + min(3, ndim)])
+        if 0.0 in zooms:
+            raise BadInput(f"pixdim gives a zero voxel size {zooms} and no sform sets the grid", path)
     try:
-        return klass.from_bytes(raw)
+        header.check_fix()  # what nibabel fixes or refuses when it loads a header
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     except Exception as e:  # nibabel raises many types for damaged headers
         raise BadInput(f"unreadable NIfTI header: {e}", path) from None
-
-
-def _nifti_array(path: str) -> tuple[np.ndarray, np.ndarray]:
-    img = _decode_nifti(read_bytes(path), path)
-    if 0 in img.shape:
-        raise BadInput(f"empty image, shape {tuple(int(d) for d in img.shape)}", path)
-    dtype = img.header.get_data_dtype()
-    if dtype.kind == "c":
-        raise BadInput(f"complex voxels ({dtype}) are not supported: store the magnitude or one part", path)
-    if dtype.fields is not None:
-        raise BadInput(f"RGB / structured voxels ({', '.join(dtype.names)}) are not supported: store one "
-                       "grayscale value per voxel", path)
-    affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise BadInput(f"the affine is not an invertible voxel-to-world map (all zero, collapsed or non-finite "
                        f"axes): {np.round(affine[:3, :3], 6).tolist()}", path)
+    return affine
+
+
+def _truncated(content: _Content, header, needed: int, holds: int) -> BadInput:
+    why = "" if content.d is None else " (the gzip stream ends)" if content.ended else \
+        " (the gzip data is truncated or corrupt)"
+    return BadInput(f"truncated: header claims {_describe(header)} ({needed} bytes with the header) but the file "
+                    f"holds {holds} bytes{why}", content.path)
+
+
+def _read_voxels(content: _Content, header, needed: int, path: str, as_float: bool) -> np.ndarray:
+    """The voxels after the header as ``[C, X, Y, Z]`` (C-contiguous; the axes past the third flattened into C in
+    the file's order), float32 with the header's scaling applied (or the stored integer type when ``as_float`` is
+    false and nothing is scaled), converted chunk by chunk into that one array."""
+    shape, dtype = tuple(int(d) for d in header.get_data_shape()), header.get_data_dtype()
     try:
-        data = np.asanyarray(img.dataobj)  # applies scl_slope/inter if set
+        slope, inter = header.get_slope_inter()
     except Exception as e:
-        raise BadInput(f"unreadable NIfTI data: {e or type(e).__name__}", path) from None
-    return data, affine
+        raise BadInput(f"unreadable NIfTI header: {e}", path) from None
+    scaled = slope is not None and (slope, inter) != (1.0, 0.0)
+    out_dtype = np.float32 if as_float or scaled or dtype.kind not in "iu" else dtype.newbyteorder("=")
+    x, y, z, *rest = shape + (1,) * (3 - len(shape))
+    out = np.empty((math.prod(rest), x, y, z), out_dtype)  # pages are only committed as they are filled
+    rows = max(1, _CHUNK // (x * dtype.itemsize))  # rows of x voxels per read: whole z-slices when they fit
+    ry, kz = (y, min(z, rows // y)) if rows >= y else (rows, 1)
+    buf = memoryview(bytearray(ry * kz * x * dtype.itemsize))
+    done = needed - math.prod(shape) * dtype.itemsize  # the data offset
+    for c in range(out.shape[0]):
+        for z0 in range(0, z, kz):
+            for y0 in range(0, y, ry):
+                k, r = min(kz, z - z0), min(ry, y - y0)
+                view = buf[: k * r * x * dtype.itemsize]
+                got = content.readinto(view)
+                done += got
+                if got < len(view):
+                    raise _truncated(content, header, needed, done)
+                slab = np.frombuffer(view, dtype).reshape(k, r, x)  # the file's order: x fastest
+                out[c, :, y0:y0 + r, z0:z0 + k] = (slab * slope + inter if scaled else slab).transpose(2, 1, 0)
+    return out
+
+
+def _nifti_voxels(path: str, as_float: bool = True) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:
+    """``(voxels [C, X, Y, Z], the file's shape, affine)`` of a ``.nii`` / ``.nii.gz`` file. The header is checked
+    first: its claim within :data:`MAX_DECODED_BYTES` (and, uncompressed, within the file), the voxel type, the
+    affine; then only the bytes it describes are read, in chunks (see :func:`_read_voxels`)."""
+    try:
+        f, size = _open(path)
+        with f:
+            content = _Content(f, path)
+            head = _read_head(content)
+            _, header, needed = _nifti_layout(head, path)
+            shape, dtype = tuple(int(d) for d in header.get_data_shape()), header.get_data_dtype()
+            offset = needed - math.prod(shape) * dtype.itemsize
+            if content.d is None and size < needed:  # an uncompressed file's size tells
+                raise _truncated(content, header, needed, size)
+            if offset + 4 * math.prod(shape) > MAX_DECODED_BYTES:
+                raise BadInput(f"header claims {_describe(header)} ({4 * math.prod(shape) / 2**30:.1f} GiB as "
+                               f"float32), above the {MAX_DECODED_BYTES / 2**30:.0f} GiB budget for a decoded "
+                               "volume (MAX_DECODED_BYTES)", path)
+            if 0 in shape:
+                raise BadInput(f"empty image, shape {shape}", path)
+            if dtype.kind == "c":
+                raise BadInput(f"complex voxels ({dtype}) are not supported: store the magnitude or one part", path)
+            if dtype.fields is not None:
+                raise BadInput(f"RGB / structured voxels ({', '.join(dtype.names)}) are not supported: store one "
+                               "grayscale value per voxel", path)
+            affine = _affine(header, len(shape), path)
+            if offset <= len(head):  # the voxels start within the bytes read for the header
+                content.back = head[offset:]
+            else:  # skip the extensions
+                skip, left = memoryview(bytearray(min(_CHUNK, offset - len(head)))), offset - len(head)
+                while left and (got := content.readinto(skip[: min(len(skip), left)])):
+                    left -= got
+                if left:
+                    raise _truncated(content, header, needed, offset - left)
+            return _read_voxels(content, header, needed, path, as_float), shape, affine
+    except OSError as e:
+        raise BadInput(f"cannot read file: {e}", path) from None
+
+
+def _file_shaped(vox: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``[C, X, Y, Z]`` voxels (see :func:`_read_voxels`) as a view of the file's shape."""
+    if len(shape) <= 3:
+        return vox.reshape(shape)
+    n = len(shape) - 3
+    return vox.reshape(*shape[:2:-1], *vox.shape[1:]).transpose(*range(n, n + 3), *range(n - 1, -1, -1))
 
 
 def read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -257,14 +386,15 @@ def read_nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
         path: local path or URI.
 
     Returns:
-        ``(data, affine)``: the voxel array as stored (no reorientation), float32, and the 4x4 float64
+        ``(data, affine)``: the voxel array in the file's shape (no reorientation), float32, and the 4x4 float64
         voxel-to-world (RAS mm) affine.
 
     Raises:
-        BadInput: missing file, truncated or garbage gzip, not a NIfTI file, unreadable data.
+        BadInput: missing file, truncated or garbage gzip, not a NIfTI file, a claim above
+            :data:`MAX_DECODED_BYTES`, unreadable data.
     """
-    data, affine = _nifti_array(path)
-    return data.astype(np.float32, copy=False), affine
+    vox, shape, affine = _nifti_voxels(path)
+    return _file_shaped(vox, shape), affine
 
 
 def _squeeze_trailing(data: np.ndarray, ndim: int) -> np.ndarray:
@@ -281,33 +411,38 @@ def read_volume(paths: list[str] | str) -> tuple[np.ndarray, np.ndarray]:
             3D files, one per modality, stacked as channels.
 
     Returns:
-        ``(image, affine)``: image ``[C, X, Y, Z]`` float32 and the affine of the (first) file.
+        ``(image, affine)``: image ``[C, X, Y, Z]`` float32 (C-contiguous) and the affine of the (first) file.
 
     Raises:
-        BadInput: unreadable file, wrong dimensionality, or channel files whose shapes/affines differ.
+        BadInput: unreadable file, wrong dimensionality, channel files whose shapes/affines differ, or more than
+            :data:`MAX_DECODED_BYTES` in all.
     """
     if isinstance(paths, str):
         paths = [paths]
     if not paths:
         raise BadInput("no image path given")
-    chans, affine = [], None
-    for p in paths:
-        data, aff = read_nifti(p)
-        data = _squeeze_trailing(data, 4 if len(paths) == 1 else 3)
-        if len(paths) == 1 and data.ndim == 4:
-            chans.extend(np.moveaxis(data, -1, 0))  # [X, Y, Z, C] -> C x [X, Y, Z]
-        elif data.ndim == 3:
-            chans.append(data)
-        else:
+    out, affine = None, None
+    for i, p in enumerate(paths):
+        vox, shape, aff = _nifti_voxels(p)
+        data = _squeeze_trailing(_file_shaped(vox, shape), 4 if len(paths) == 1 else 3)
+        if data.ndim not in ((3, 4) if len(paths) == 1 else (3,)):
             want = "3D or 4D" if len(paths) == 1 else "3D (one file per channel)"
             raise BadInput(f"expected a {want} volume, got shape {tuple(data.shape)}", p)
+        if len(paths) == 1:
+            return vox, aff  # [C, X, Y, Z]: a 4D file's last axis is C
         if affine is None:
             affine = aff
+            if len(paths) * vox.nbytes > MAX_DECODED_BYTES:
+                raise BadInput(f"{len(paths)} channel files of {' x '.join(map(str, data.shape))} voxels make "
+                               f"{len(paths) * vox.nbytes / 2**30:.1f} GiB as float32, above the "
+                               f"{MAX_DECODED_BYTES / 2**30:.0f} GiB budget for a decoded volume", p)
+            out = np.empty((len(paths), *data.shape), np.float32)
         elif not np.allclose(aff, affine, atol=1e-3):
             raise BadInput(f"channel affine differs from the first channel's ({paths[0]})", p)
-        if chans[-1].shape != chans[0].shape:
-            raise BadInput(f"channel shape {chans[-1].shape} != first channel shape {chans[0].shape}", p)
-    return np.stack(chans).astype(np.float32, copy=False), affine
+        if data.shape != out.shape[1:]:
+            raise BadInput(f"channel shape {data.shape} != first channel shape {out.shape[1:]}", p)
+        out[i] = data
+    return out, affine
 
 
 def read_label(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -319,8 +454,8 @@ def read_label(path: str) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         BadInput: unreadable file, not 3D, NaN or non-integer values.
     """
-    data, affine = _nifti_array(path)
-    data = _squeeze_trailing(data, 3)
+    vox, shape, affine = _nifti_voxels(path, as_float=False)
+    data = _squeeze_trailing(_file_shaped(vox, shape), 3)
     if data.ndim != 3:
         raise BadInput(f"expected a 3D label map, got shape {tuple(data.shape)}", path)
     if data.dtype.kind == "f":
@@ -334,7 +469,7 @@ def read_label(path: str) -> tuple[np.ndarray, np.ndarray]:
     dtype = np.uint8 if lo >= 0 and hi <= 255 else np.int16
     if dtype is np.int16 and (lo < -32768 or hi > 32767):
         raise BadInput(f"label values {lo}..{hi} do not fit int16", path)
-    return data.astype(dtype), affine
+    return data.astype(dtype, copy=False), affine
 
 
 def read_image_2d(path: str) -> np.ndarray:
@@ -345,20 +480,30 @@ def read_image_2d(path: str) -> np.ndarray:
         RGB/RGBA/palette images are converted to luminance.
 
     Raises:
-        BadInput: missing file, not an image, unreadable pixel data.
+        BadInput: missing file, not an image, more than :data:`MAX_IMAGE_PIXELS` pixels (read from the header,
+            before decoding), unreadable pixel data.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     raw = read_bytes(path)
     try:
-        with Image.open(io.BytesIO(raw)) as im:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the check below says more
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(raw))
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise BadInput(f"image is {w} x {h} pixels, above the {MAX_IMAGE_PIXELS // 2**20} Mi pixels a 2D image "
+                               f"may have (MAX_IMAGE_PIXELS); not decoded", path)
             im.load()
             if im.mode not in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
                 im = im.convert("L")
             arr = np.asarray(im, dtype=np.float32)
     except UnidentifiedImageError:
         raise BadInput("not an image file", path) from None
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadInput(f"unreadable image data: {e}", path) from None
     if arr.ndim != 2:
         raise BadInput(f"expected a 2D grayscale image, got shape {arr.shape}", path)

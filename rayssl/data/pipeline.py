@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
@@ -126,15 +127,20 @@ def _record_missing(source: Source, data: DataConfig, quarantine) -> None:
         logger.warning("quarantined %s: %s", path, reason)
 
 
+def label_values(source: Source, keep_label: bool) -> list[int] | None:
+    """The values a kept label map may hold: the source's declared labels (``None``: none declared, any)."""
+    return sorted(source.labels) if keep_label and source.labels else None
+
+
 # --------------------------------------------------------------------------- per-case work (Ray tasks)
 
 
 def _load(row: dict, recipe: str, spacing, size_2d: int, channels: int, keep_label: bool, quarantine,
-          strict: bool) -> dict | None:
+          strict: bool, label_values: list[int] | None = None) -> dict | None:
     """``load_case`` on one listed case; an unusable case is recorded and gives ``None``."""
     case = Case(**json.loads(row["case"]))
     try:
-        volume = load_case(case, recipe, spacing, size_2d, channels)
+        volume = load_case(case, recipe, spacing, size_2d, channels, label_values)
     except Exception as e:  # noqa: BLE001 - any read/decode failure quarantines the case, never the run
         path = getattr(e, "path", None) or ",".join(case.image)
         reason = str(e) if isinstance(e, BadInput) else f"{type(e).__name__}: {e}"
@@ -150,8 +156,8 @@ def _load(row: dict, recipe: str, spacing, size_2d: int, channels: int, keep_lab
 
 
 def _volume_row(row: dict, keep_label: bool, recipe: str, spacing, size_2d: int, channels: int, quarantine,
-                strict: bool, dtype: str = "float32") -> list[dict]:
-    volume = _load(row, recipe, spacing, size_2d, channels, keep_label, quarantine, strict)
+                strict: bool, dtype: str = "float32", label_values: list[int] | None = None) -> list[dict]:
+    volume = _load(row, recipe, spacing, size_2d, channels, keep_label, quarantine, strict, label_values)
     if volume is None:
         return []
     out = {"case_id": volume["case_id"], "split": volume["split"], "image": volume["image"].astype(dtype, copy=False),
@@ -201,7 +207,8 @@ def _volume_stream(data: DataConfig, source: Source, recipe: str, cases: list[Ca
     return _listing(cases).flat_map(
         _volume_row,
         fn_kwargs=dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=image_size_2d(data),
-                       channels=source.channels, quarantine=quarantine, strict=data.strict, dtype=dtype),
+                       channels=source.channels, quarantine=quarantine, strict=data.strict, dtype=dtype,
+                       label_values=label_values(source, keep_label)),
     )
 
 
@@ -279,9 +286,10 @@ def train_volumes(
     recipe = resolve_recipe(data, source)
     cases = _select(source, split, data)
     _record_missing(source, data, None)
-    kwargs = dict(keep_label="label" in columns and all(c.label is not None for c in cases), recipe=recipe,
-                  spacing=data.spacing, size_2d=image_size_2d(data), channels=source.channels, quarantine=None,
-                  strict=data.strict)
+    keep_label = "label" in columns and all(c.label is not None for c in cases)
+    kwargs = dict(keep_label=keep_label, recipe=recipe, spacing=data.spacing, size_2d=image_size_2d(data),
+                  channels=source.channels, quarantine=None, strict=data.strict,
+                  label_values=label_values(source, keep_label))
     window = at_once or max(1, int(ray.cluster_resources().get("CPU", 1)))
     volumes, usable = [], []
     for i, item in enumerate(_items(cases)):
@@ -314,15 +322,6 @@ def _split_stats(out: str, split: str) -> dict:
     return {"cases": dataset.count_rows(), "files": len(dataset.files)}
 
 
-def check_splits(data: DataConfig, source: Source) -> None:
-    """Raise ``ValueError`` naming the split when one of ``data.splits`` lists no case (nothing to prepare)."""
-    for split in data.splits:
-        if not source.split(split):
-            raise ValueError(f"data.splits: split {split!r} of source {data.source!r} lists no case "
-                             f"({len(source.cases)} listed, {len(source.missing)} unusable); drop it from data.splits "
-                             "or check the source")
-
-
 def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
     """Read and preprocess ``cfg.data.splits`` once and write the volumes as Parquet shards, with
     ``manifest.json`` and ``quarantine.json``: the cache training crops from (``data.cache_dir``).
@@ -336,7 +335,9 @@ def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
         The output folder (or URI).
 
     Raises:
-        ValueError: a split to prepare lists no case, or all of its cases were unusable.
+        ValueError: every case a split lists was unusable. A split that lists no case (a source of one
+            case or series: its case is in "val") is written empty with a warning; the training jobs check
+            the splits they need.
         QuarantineError: ``data.strict`` and some inputs were unusable (all are listed; the shards
             written are removed and no manifest is written).
     """
@@ -346,7 +347,6 @@ def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
         out = os.path.abspath(out)
     source = source or resolve_source(data)
     recipe = resolve_recipe(data, source)
-    check_splits(data, source)
     log = QuarantineLog.remote()
     lax = data.model_copy(update={"strict": False})  # collect every bad input first, raise after
     _record_missing(source, lax, log)
@@ -355,7 +355,13 @@ def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
     for split in data.splits:
         cases = source.split(split)
         listed += len(cases)
-        write_volumes(_volume_stream(lax, source, recipe, cases, log, data.patch_dtype), out, split, cfg.rows_per_file)
+        if cases:
+            write_volumes(_volume_stream(lax, source, recipe, cases, log, data.patch_dtype), out, split, cfg.rows_per_file)
+        else:  # caching needs no split: a source of one case has it in "val"
+            delete_split(out, split)
+            where = ", ".join(f"{s} {n}" for s, n in sorted(Counter(c.split for c in source.cases).items())) or "none"
+            logger.warning("split %r of source %r lists no case (its %d case(s) by split: %s); written empty",
+                           split, data.source, len(source.cases), where)
         splits[split] = {**_split_stats(out, split), "listed": len(cases)}
         logger.info("split %r: %d of %d cases preprocessed", split, splits[split]["cases"], len(cases))
 
@@ -368,7 +374,7 @@ def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
         for split in data.splits:
             delete_split(out, split)
         raise QuarantineError(listing_message(f"source {data.source!r}", [(e["path"], e["reason"]) for e in entries]))
-    empty = [s for s in data.splits if splits[s]["cases"] == 0]
+    empty = [s for s in data.splits if splits[s]["listed"] and splits[s]["cases"] == 0]
     if empty:
         raise ValueError(f"every case of split(s) {', '.join(empty)} was unusable (see {join(out, QUARANTINE)}); "
                          "no manifest was written")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rayssl.data.io import BadInput, read_image_2d, read_label, read_volume
+from rayssl.data.io import MAX_DECODED_BYTES, BadInput, read_image_2d, read_label, read_volume
 from rayssl.data.recipes import Recipe, get_recipe
 from rayssl.data.sources import Case
 
@@ -57,6 +57,54 @@ def validate(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
             raise BadInput(f"label values {int(label.min())}..{int(label.max())} outside 0..255")
 
 
+def _check_label_values(label: np.ndarray, declared: list[int], path: str) -> None:
+    """Refuse a label map (values 0..255, :func:`validate`) that holds a value not in ``declared``."""
+    present = np.flatnonzero(np.bincount(label.ravel(), minlength=1))
+    extra = sorted(set(present.tolist()) - {int(v) for v in declared})
+    if extra:
+        shown = ", ".join(map(str, extra[:10])) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        raise BadInput(f"label values {shown} are not among the labels the source declares "
+                       f"({', '.join(map(str, sorted(declared)))})", path)
+
+
+MAX_RESAMPLED_VOXELS = MAX_DECODED_BYTES // 32
+"""The most voxels (all channels together) a volume may be resampled to: 64 Mi (e.g. 512 x 512 x 256), computed
+from its affine and the target spacing before MONAI's ``Spacingd`` allocates anything. Resampling holds about 36
+bytes per output voxel (its sampling grid, the output and intensity steps: 2.0 GB measured for 382^3), so this
+keeps it near :data:`rayssl.data.io.MAX_DECODED_BYTES`."""
+
+
+def resampled_shape(shape, affine: np.ndarray, spacing) -> np.ndarray:
+    """The spatial shape MONAI's ``Spacing`` (``diagonal=False``) makes of ``shape`` voxels on ``affine`` at
+    ``spacing`` mm, in floats (an overflowing result shows as huge or NaN, not as a wrapped int)."""
+    from monai.data.utils import zoom_affine
+
+    a = np.asarray(affine, np.float64)
+    with np.errstate(all="ignore"):
+        try:
+            m = np.linalg.solve(zoom_affine(a, spacing, diagonal=False), a)[:-1, :-1]  # voxel -> target voxel
+        except (np.linalg.LinAlgError, ValueError):
+            return np.full(len(shape), np.nan)
+        corners = np.array(np.meshgrid(*[(0.0, n - 1.0) for n in shape], indexing="ij")).reshape(len(shape), -1)
+        return np.round(np.ptp(m @ corners, axis=1) + 1.0)
+
+
+def _check_resampling(image, target) -> None:
+    """Refuse a volume (``[C, *spatial]`` MetaTensor) that would resample to nothing or to more than
+    :data:`MAX_RESAMPLED_VOXELS` at ``target`` mm."""
+    affine = image.affine.numpy()
+    shape = resampled_shape(image.shape[1:], affine, target)
+    voxels = image.shape[0] * float(np.prod(shape))
+    what = (f"resampling {' x '.join(map(str, image.shape[1:]))} voxels of "
+            f"{' x '.join(f'{v:.6g}' for v in affine_spacing(affine))} mm to {' x '.join(f'{v:g}' for v in target)} mm")
+    if not np.isfinite(voxels) or shape.min() < 1:
+        raise BadInput(f"{what} leaves no voxels (shape {shape.tolist()})")
+    if voxels > MAX_RESAMPLED_VOXELS:
+        raise BadInput(f"{what} would make {' x '.join(f'{v:.6g}' for v in shape)} voxels ({4 * voxels / 2**30:.3g} "
+                       f"GiB as float32), above the {MAX_RESAMPLED_VOXELS // 2**20} Mi voxels a resampled volume may "
+                       "have (MAX_RESAMPLED_VOXELS)")
+
+
 def _preprocess_3d(r: Recipe, image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
                    spacing: tuple | None):  # fmt: skip
     import monai.transforms as mt
@@ -82,12 +130,17 @@ def _preprocess_3d(r: Recipe, image: np.ndarray, label: np.ndarray | None, affin
     if r.zscore_nonzero:
         steps.append(mt.NormalizeIntensityd("image", nonzero=True, channel_wise=True))
     for t in steps:
+        if isinstance(t, mt.Spacingd):
+            _check_resampling(d["image"], target)
         d = t(d)
     img = d["image"]
     out_affine = img.affine.numpy().astype(np.float64) if isinstance(img, MetaTensor) else np.asarray(affine)
     out_image = img.numpy().astype(np.float32) if isinstance(img, torch.Tensor) else np.asarray(img, np.float32)
     if r.percentiles is not None:
         out_image = _percentile_rescale(out_image, *r.percentiles)
+    if out_image.size == 0 or not np.isfinite(out_image).all():  # validated again after resampling
+        raise BadInput(f"preprocessing with recipe {r.name!r} leaves "
+                       f"{'no voxels' if out_image.size == 0 else 'NaN/Inf voxels'}: shape {tuple(out_image.shape)}")
     out_label = None
     if label is not None:
         lab = d["label"]
@@ -142,7 +195,7 @@ def preprocess(recipe: str, image: np.ndarray, label: np.ndarray | None, affine:
 
 
 def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None, size_2d: int = 224,
-              channels: int | None = None) -> dict:
+              channels: int | None = None, label_values: list[int] | None = None) -> dict:
     """Read, validate and preprocess one case.
 
     Args:
@@ -151,6 +204,8 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
         spacing: target spacing overriding the recipe default (3D).
         size_2d: output side for 2D images.
         channels: the channel count the source declares; a case with another is refused.
+        label_values: the label values the source declares (MSD's ``labels``); a label map holding another
+            value is refused, naming the values.
 
     Returns:
         ``{"case_id", "split", "image": float32 [C, *spatial], "label": uint8 [*spatial] | None,
@@ -161,7 +216,8 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
 
     Raises:
         BadInput: unreadable file, wrong dimensionality, NaN/Inf voxels, constant or empty image,
-            image/label shape or affine mismatch, another channel count than ``channels``. ``e.path``
+            image/label shape or affine mismatch, another channel count than ``channels``, a label value
+            not in ``label_values``. ``e.path``
             names the case's first image when the failing file is not known more precisely.
     """
     r = get_recipe(recipe)
@@ -184,6 +240,8 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
                                f"source has {channels} (set data.channels if that is wrong)")
             label, label_affine = read_label(case.label) if case.label else (None, None)
         validate(image, label, affine, label_affine, 2 if two_d else 3)
+        if label is not None and label_values is not None:
+            _check_label_values(label, label_values, case.label)
         source_affine, source_shape = np.asarray(affine, np.float64), tuple(int(d) for d in image.shape[1:])
         image, label, out_spacing, out_affine = preprocess(recipe, image, label, affine, spacing, size_2d)
     except BadInput as e:

@@ -7,19 +7,21 @@ SPEC forms: ``synthetic:ct|mri|cxr[:N]``, ``msd:PATH``, ``folder:IMAGES[,LABELS]
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
-from urllib.parse import urlsplit
-from collections import Counter
+import stat
+from urllib.parse import unquote, urlsplit
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rayssl.config import DataConfig
-from rayssl.data.io import BadInput, absolute, exists, is_dir, is_uri, nifti_shape, open_uri, read_bytes
+from rayssl.data.io import BadInput, absolute, exists, is_dir, is_uri, nifti_shape, open_uri, read_bytes, special_kind
 from rayssl.data.synthetic import CXR_FINDINGS, ensure_synthetic
 
 log = logging.getLogger(__name__)
@@ -113,11 +115,18 @@ def _stem(path: str) -> str:
     return name
 
 
-def _read_text(path: str) -> str:
+def _read_text(path: str, root: str | None = None) -> str:
+    """A manifest's UTF-8 text; with ``root``, a manifest that leads out of it (a symlink) is refused unopened."""
+    if root is not None and outside_root(path, [root]):
+        real = os.path.realpath(_local_path(path) or path)
+        raise ValueError(f"{path}: a symlink that leads outside the dataset root {root} (to {real}); set "
+                         "data.allow_outside_root=true to read it")
     try:
         return read_bytes(path).decode("utf-8-sig")
     except BadInput as e:
         raise ValueError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (undecodable byte at offset {e.start})") from None
 
 
 def _list_dir(folder: str) -> list[str] | None:
@@ -136,21 +145,30 @@ def _is_nifti(path: str) -> bool:
     return path.lower().endswith(_NIFTI)
 
 
+def _local_path(path: str) -> str | None:
+    """The local file system path of a local path or a ``file://`` URI; ``None`` for other URIs."""
+    if not is_uri(path):
+        return path
+    parts = urlsplit(path)
+    return unquote(parts.path) if parts.scheme == "file" and not parts.netloc else None
+
+
 def outside_root(path: str, roots: list[str]) -> bool:
     """Whether ``path`` lies outside every folder of ``roots``: ``..`` out of it, an absolute path or a URI
-    elsewhere (``file://`` included), or a symlink that leads out of it."""
+    elsewhere, or a symlink that leads out of it (local paths and ``file://`` URIs are compared resolved)."""
     for root in roots:
-        if is_uri(root) or is_uri(path):
-            if not (is_uri(root) and is_uri(path)):
-                continue
-            r, p = urlsplit(root), urlsplit(path)
-            base = posixpath.normpath("/" + r.path.strip("/"))
-            inner = posixpath.normpath("/" + p.path.lstrip("/"))
-            if (r.scheme, r.netloc) == (p.scheme, p.netloc) and (inner + "/").startswith(base.rstrip("/") + "/"):
+        local_root, local = _local_path(root), _local_path(path)
+        if local_root is not None and local is not None:
+            base, real = os.path.realpath(local_root), os.path.realpath(local)
+            if os.path.commonpath([base, real]) == base:
                 return False
             continue
-        base, real = os.path.realpath(root), os.path.realpath(path)
-        if os.path.commonpath([base, real]) == base:
+        if not (is_uri(root) and is_uri(path)):
+            continue
+        r, p = urlsplit(root), urlsplit(path)
+        base = posixpath.normpath("/" + r.path.strip("/"))
+        inner = posixpath.normpath("/" + p.path.lstrip("/"))
+        if (r.scheme, r.netloc) == (p.scheme, p.netloc) and (inner + "/").startswith(base.rstrip("/") + "/"):
             return False
     return True
 
@@ -170,7 +188,7 @@ def _keep_inside(cases: list[Case], roots: list[str], missing: list[tuple[str, s
 
 
 def _keep_existing(cases: list[Case], missing: list[tuple[str, str]]) -> list[Case]:
-    """Move cases whose image or label file does not exist to ``missing``.
+    """Move cases whose image or label file does not exist, or is a FIFO, device or socket, to ``missing``.
 
     Each parent folder is listed once (one request per folder on object stores, not one per file).
     """
@@ -187,7 +205,8 @@ def _keep_existing(cases: list[Case], missing: list[tuple[str, str]]) -> list[Ca
     for c in cases:
         absent = [p for p in [*c.image, *([c.label] if c.label else [])] if not present(p)]
         if absent:
-            missing.extend((p, "file not found") for p in absent)
+            missing.extend((p, f"not a regular file ({kind}): never opened" if (kind := special_kind(p)) else "file not found")
+                           for p in absent)
         else:
             kept.append(c)
     return kept
@@ -207,6 +226,96 @@ def assign_splits(cases: list[Case], folds: int, val_fold: int, test_fold: int |
     for c in todo:
         f = fold_of[c.subject]
         c.split = "val" if f == val_fold else "test" if f == test_fold else "train"
+
+
+COPY_SAMPLE = 4096
+"""Bytes read at the start, middle and end of each local image file whose size another listed image shares, to
+find copies among a source's cases; only files whose samples all agree are then read whole (SHA-256)."""
+
+
+def _digest(path: str, size: int, sampled: bool) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if sampled:
+            for at in (0, size // 2, max(0, size - COPY_SAMPLE)):
+                f.seek(at)
+                h.update(f.read(COPY_SAMPLE))
+        else:
+            for chunk in iter(lambda: f.read(2**20), b""):
+                h.update(chunk)
+    return h.digest()
+
+
+def _file_keys(paths: list[str]) -> dict[str, str]:
+    """``{path: key}``, one key per distinct content: local files by resolved path, then, among files of one
+    size, by :data:`COPY_SAMPLE`-byte samples and SHA-256; other URIs by their path. Empty, special and
+    unreadable files keep their own key (reading them quarantines them later)."""
+    keys, by_size = {}, defaultdict(set)
+    for p in set(paths):
+        local = _local_path(p)
+        keys[p] = os.path.realpath(local) if local is not None else p
+        try:
+            st = os.stat(keys[p]) if local is not None else None
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size:
+            by_size[st.st_size].add(keys[p])
+    alias = {}
+    for size, files in by_size.items():
+        groups = [sorted(files)] if len(files) > 1 else []
+        for sampled in (True, False) if size > COPY_SAMPLE else (True,):
+            regrouped = []
+            for group in groups:
+                by_digest = defaultdict(list)
+                for f in group:
+                    try:
+                        by_digest[_digest(f, size, sampled)].append(f)
+                    except OSError:
+                        pass
+                regrouped += [g for g in by_digest.values() if len(g) > 1]
+            groups = regrouped
+        alias.update({f: g[0] for g in groups for f in g})
+    return {p: alias.get(k, k) for p, k in keys.items()}
+
+
+def _group_copies(cases: list[Case], where: str) -> None:
+    """Cases that list the same image file, or a copy of one (:func:`_file_keys`), share one subject (the
+    smallest of theirs), and an unsplit one takes its copies' explicit split, so copies never straddle splits;
+    one warning with their count."""
+    files = [c for c in cases if c.kind == "file"]  # a DICOM series' subject is its patient already
+    keys = _file_keys([p for c in files for p in c.image])
+    parent: dict[str, str] = {}
+
+    def find(s: str) -> str:
+        while parent.get(s, s) != s:
+            parent[s] = parent.get(parent[s], parent[s])  # path halving
+            s = parent[s]
+        return s
+
+    owner, copies = {}, 0
+    for c in files:
+        shared = [owner[keys[p]] for p in c.image if keys[p] in owner]
+        for p in c.image:
+            owner.setdefault(keys[p], c.subject)
+        for s in shared:
+            a, b = find(s), find(c.subject)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        copies += bool(shared)
+    if not copies:
+        return
+    explicit = defaultdict(set)
+    for c in files:
+        c.subject = find(c.subject)
+        if c.split:
+            explicit[c.subject].add(c.split)
+    for c in files:
+        if not c.split and len(explicit[c.subject]) == 1:
+            c.split = next(iter(explicit[c.subject]))
+    clash = sum(len(s) > 1 for s in explicit.values())
+    log.warning("%s: %d case(s) list the same image file as an earlier case, or a copy of it; each shares that "
+                "case's subject, so copies land in one split%s", where, copies,
+                f" ({clash} group(s) of copies have different explicit splits, kept as listed)" if clash else "")
 
 
 CHANNEL_SAMPLE = 64
@@ -234,13 +343,15 @@ def _majority_channels(cases: list[Case]) -> int:
 # --------------------------------------------------------------------------- listers
 
 
-def _msd(path: str) -> Source:
+def _msd(path: str, allow_outside: bool = False) -> Source:
     json_path = path if path.lower().endswith(".json") else _join(path, "dataset.json")
     root = posixpath.dirname(json_path) if is_uri(json_path) else posixpath.dirname(posixpath.abspath(json_path))
     try:
-        meta = json.loads(_read_text(json_path))
+        meta = json.loads(_read_text(json_path, None if allow_outside else root))
     except json.JSONDecodeError as e:
         raise ValueError(f"{json_path}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{json_path}: not valid JSON: nested too deeply") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{json_path}: expected an MSD dataset.json object, got {type(meta).__name__}")
     for key in ("training", "test"):
@@ -258,7 +369,7 @@ def _msd(path: str) -> Source:
                     (label is not None and not (isinstance(label, str) and label.strip())):
                 raise ValueError(f"{json_path}: {key}[{i}] must be {'an object with' if key == 'training' else 'a path or an object with'} "
                                  f"'image' (a path or a list of paths){' and an optional label path' if key == 'training' else ''}, "
-                                 f"got {json.dumps(item)[:200]}")
+                                 f"got {_shown(item)}")
             images = [_join(root, p) for p in images]
             case_id = _unique(_stem(images[0]), seen, json_path)
             cases.append(Case(case_id, images, _join(root, label) if label else None, split="" if key == "training" else "test"))
@@ -267,24 +378,36 @@ def _msd(path: str) -> Source:
     return Source("msd", root, cases, 3, len(modality), recipe, labels, modality, [], [])
 
 
+def _shown(value) -> str:
+    """A manifest value as JSON for an error message, at most 200 characters."""
+    try:
+        return json.dumps(value)[:200]
+    except (RecursionError, ValueError):
+        return f"a deeply nested {type(value).__name__}"
+
+
 def _index_map(value, where: str, key: str) -> dict[int, str]:
     """An MSD ``{"0": "CT", ...}`` mapping as ``{0: "CT"}``; a clear error naming the file and key otherwise."""
     try:
         out = {int(k): str(v) for k, v in value.items()}
     except (AttributeError, TypeError, ValueError):
         raise ValueError(f"{where}: '{key}' must map integer indices to names, e.g. {{\"0\": \"CT\"}}, got "
-                         f"{json.dumps(value)[:200]}") from None
+                         f"{_shown(value)}") from None
     if any(k < 0 for k in out):
         raise ValueError(f"{where}: '{key}' indices must be >= 0, got {sorted(out)}")
     return out
 
 
 def _unique(case_id: str, seen: Counter, where: str) -> str:
-    """``case_id``, or ``case_id_N`` for its N-th repeat in one listing (with a warning)."""
+    """``case_id``, or ``case_id_N`` for its N-th repeat in one listing (one warning per listing, at the first
+    repeat; copies of one file are counted when the source is resolved, :func:`_group_copies`)."""
     seen[case_id] += 1
     if seen[case_id] == 1:
         return case_id
-    log.warning("%s: case id %r listed %d times; this one is %s_%d", where, case_id, seen[case_id], case_id, seen[case_id] - 1)
+    seen[None] += 1  # repeats so far (no case id is None)
+    if seen[None] == 1:
+        log.warning("%s: case id %r listed %d times; this one is %s_%d (later repeats of any id are renamed the "
+                    "same way, without a warning each)", where, case_id, seen[case_id], case_id, seen[case_id] - 1)
     return f"{case_id}_{seen[case_id] - 1}"
 
 
@@ -306,9 +429,17 @@ def _folder(spec: str) -> Source:
     return Source("folder", images_dir, cases, 3, None, "none", {}, {}, [], [], roots)
 
 
-def _csv(path: str) -> Source:
+def _csv_rows(path: str, root: str | None) -> list[dict]:
+    """The rows of a CSV manifest (:func:`_read_text`); a clear error naming the file when it is not CSV."""
+    try:
+        return list(csv.DictReader(io.StringIO(_read_text(path, root))))
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
+
+
+def _csv(path: str, allow_outside: bool = False) -> Source:
     root = posixpath.dirname(path) if is_uri(path) else posixpath.dirname(posixpath.abspath(path))
-    rows = list(csv.DictReader(io.StringIO(_read_text(path))))
+    rows = _csv_rows(path, None if allow_outside else root)
     header = list(rows[0].keys()) if rows else []
     if "image" not in header:
         raise ValueError(f"{path}: CSV needs an 'image' column (optional: label, split, subject), got {header}")
@@ -330,15 +461,16 @@ def _csv(path: str) -> Source:
     return Source("csv", root, cases, 3, channels, "none", {}, {}, [], [])
 
 
-def _dicom(path: str) -> Source:
+def _dicom(path: str, allow_outside: bool = False) -> Source:
     """A folder tree of DICOM files: one unlabelled case per series (:mod:`rayssl.data.dicom`)."""
     from rayssl.data.dicom import list_series
 
     if is_uri(path):
         raise ValueError(f"dicom:{path}: DICOM series are read from a local (or mounted) folder")
-    series, bad = list_series(path)
+    series, bad = list_series(path, allow_outside)
     if not series:
-        raise ValueError(f"dicom:{path}: no DICOM series below the folder")
+        raise ValueError(f"dicom:{path}: no DICOM series below the folder"
+                         + (f" ({len(bad)} unusable file(s), e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""))
     cases, seen = [], Counter()
     for uid, s in sorted(series.items(), key=lambda kv: (kv[1]["patient"], kv[1]["number"], kv[0])):
         name = "_".join(p for p in (s["patient"], s["number"]) if p) or uid
@@ -369,7 +501,7 @@ def _subdirs(folder: str) -> list[str]:
     return [_join(folder, i.base_name) for i in infos if i.type == pafs.FileType.Directory]
 
 
-def _cxr14(path: str) -> Source:
+def _cxr14(path: str, allow_outside: bool = False) -> Source:
     """ChestX-ray14: ``Data_Entry_2017.csv``, images in ``images/`` (or Kaggle's ``images_NNN/images/``).
 
     Images named in neither ``train_val_list.txt`` nor ``test_list.txt`` (when those exist) are skipped.
@@ -377,15 +509,16 @@ def _cxr14(path: str) -> Source:
     """
     root = posixpath.dirname(path) if path.lower().endswith(".csv") else path
     entry = path if path.lower().endswith(".csv") else _join(root, "Data_Entry_2017.csv")
-    rows = list(csv.DictReader(io.StringIO(_read_text(entry))))
+    rows = _csv_rows(entry, None if allow_outside else root)
     need = {"Image Index", "Finding Labels", "Patient ID"}
     if not rows or not need <= set(rows[0]):
         raise ValueError(f"{entry}: expected ChestX-ray14 columns {sorted(need)}")
     lists = {}
     for name, split in (("train_val_list.txt", ""), ("test_list.txt", "test")):
         p = _join(root, name)
-        if exists(p):
-            lists.update({line.strip(): split for line in _read_text(p).splitlines() if line.strip()})
+        if exists(p) or special_kind(p):  # a FIFO is refused by read_bytes, not taken for an absent list
+            lists.update({line.strip(): split for line in _read_text(p, None if allow_outside else root).splitlines()
+                          if line.strip()})
     index = {n: i for i, n in enumerate(CXR14_CLASSES)}
     folders = _cxr14_image_dirs(root)
     cases, missing = [], []
@@ -413,23 +546,23 @@ def _bad_spec(spec: str, why: str) -> ValueError:
     return ValueError(f"data.source {spec!r}: {why}; accepted forms: {', '.join(SPEC_FORMS)}")
 
 
-def _detect(path: str, spec: str) -> Source:
+def _detect(path: str, spec: str, allow_outside: bool = False) -> Source:
     if path.lower().endswith(".json"):
-        return _msd(path)
+        return _msd(path, allow_outside)
     if posixpath.basename(path) == "Data_Entry_2017.csv":
-        return _cxr14(path)
+        return _cxr14(path, allow_outside)
     if path.lower().endswith(".csv"):
         if not exists(path):
             raise _bad_spec(spec, "file does not exist")
-        return _csv(path)
+        return _csv(path, allow_outside)
     files = _list_dir(path)
     if files is None:
         raise _bad_spec(spec, "path does not exist" if not exists(path) else "cannot tell the source type")
     names = {posixpath.basename(f) for f in files}
     if "dataset.json" in names:
-        return _msd(path)
+        return _msd(path, allow_outside)
     if "Data_Entry_2017.csv" in names:
-        return _cxr14(path)
+        return _cxr14(path, allow_outside)
     if any(_is_nifti(f) for f in files):
         return _folder(path)
     raise _bad_spec(spec, "directory has no dataset.json, Data_Entry_2017.csv or .nii/.nii.gz files")
@@ -461,9 +594,11 @@ def resolve_source(data: DataConfig) -> Source:
         ``"file not found"``, not in ``source.cases``; so are ChestX-ray14 images with an unknown
         finding name (reason ``"unknown finding NAME"``). Folder and CSV sources of volumes default
         to recipe ``"none"`` (set ``data.recipe``); MSD picks ``ct_btcv`` for CT, ``mri_brats`` for MRI.
+        Cases that list the same image file or a copy of it share a subject, hence a split.
 
     Raises:
-        ValueError: unknown SPEC form, missing path, malformed dataset.json / CSV.
+        ValueError: unknown SPEC form, missing path, malformed dataset.json / CSV, a manifest that is a
+            symlink leading out of the dataset root.
     """
     spec = data.source.strip()
     prefix, sep, rest = spec.partition(":")
@@ -474,13 +609,16 @@ def resolve_source(data: DataConfig) -> Source:
             raise _bad_spec(spec, "missing path")
         rest = ",".join(absolute(p) for p in rest.split(",")) if prefix == "folder" else absolute(rest)
         first = rest.partition(",")[0]
+        if special_kind(first):
+            raise _bad_spec(spec, f"{first!r} is {special_kind(first)}, not a file or folder")
         if not (is_dir(first) or exists(first)):
             raise _bad_spec(spec, f"path {first!r} does not exist")
-        src = {"msd": _msd, "folder": _folder, "csv": _csv, "cxr14": _cxr14, "dicom": _dicom}[prefix](rest)
+        listers = {"msd": _msd, "csv": _csv, "cxr14": _cxr14, "dicom": _dicom}
+        src = _folder(rest) if prefix == "folder" else listers[prefix](rest, data.allow_outside_root)
     elif sep and not is_uri(spec) and len(prefix) > 1:
         raise _bad_spec(spec, f"unknown source type {prefix!r}")
     else:
-        src = _detect(absolute(spec), spec)
+        src = _detect(absolute(spec), spec, data.allow_outside_root)
     if not data.allow_outside_root:
         src.cases = _keep_inside(src.cases, src.roots, src.missing)
     src.cases = _keep_existing(src.cases, src.missing)
@@ -493,6 +631,7 @@ def resolve_source(data: DataConfig) -> Source:
     if data.val_fold == "all":
         raise ValueError("data.val_fold=all is cross-validation: one fine-tuning run per fold (jobs/finetune.py), "
                          "not a split of one source listing")
+    _group_copies(src.cases, spec)
     assign_splits(src.cases, data.folds, data.val_fold, data.test_fold, data.seed)
     if data.train_cases is not None:
         src.cases = _train_subset(src.cases, data.train_cases, data.subset_seed, spec)

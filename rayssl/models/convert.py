@@ -28,17 +28,60 @@ class FormatError(ValueError):
     """The weights are in no layout rayssl knows, or do not fit the model."""
 
 
+MAX_WEIGHTS_BYTES = 4 * 2**30
+"""The largest weight file rayssl reads, and the most a zip-format file's members may unpack to: 4 GiB holds a
+ViT-H (632M float32 parameters, 2.5 GB); rayssl's ViT ``large`` takes 1.6 GB."""
+
+MAX_WEIGHTS_INFLATION = 4
+"""How many times its own size (or 16 MiB, if more) a zip-format weight file may unpack to. ``torch.save`` stores
+tensors uncompressed and trained weights deflate by a few percent: only a zip bomb unpacks to much more (a 1 MB
+``.pt`` holding a deflated 1 GiB tensor, which ``torch.load`` would inflate in full)."""
+
+
+def check_weights_file(path: str | Path, limit: float | None = None) -> None:
+    """Refuse, before ``torch.load`` reads it, a weight file above ``limit`` bytes (:data:`MAX_WEIGHTS_BYTES`), or
+    a zip (``torch.save``'s format) whose members unpack to more than ``limit`` or to more than
+    :data:`MAX_WEIGHTS_INFLATION` times the file (the sizes its directory declares: what ``torch.load`` allocates).
+
+    Raises:
+        FormatError: naming the file and the sizes.
+    """
+    import zipfile
+
+    limit = MAX_WEIGHTS_BYTES if limit is None else limit
+    try:
+        size = Path(path).stat().st_size
+    except (OSError, TypeError):
+        return  # torch.load says why it cannot read it
+    if size > limit:
+        raise FormatError(f"{path}: {size:,} bytes, above the {limit:,.0f} bytes a weight file may have "
+                          "(MAX_WEIGHTS_BYTES)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip: torch.load reads what the file holds (or says it cannot)
+    allowed = min(limit, max(MAX_WEIGHTS_INFLATION * size, 2**24))
+    if unpacked > allowed:
+        raise FormatError(f"{path}: refused: its zip members unpack to {unpacked / 2**20:.0f} MiB from a "
+                          f"{size / 2**20:.1f} MiB file, more than the {allowed / 2**20:.0f} MiB allowed "
+                          f"(MAX_WEIGHTS_INFLATION = {MAX_WEIGHTS_INFLATION}x the file, at most MAX_WEIGHTS_BYTES; "
+                          "torch.save does not compress)")
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a ``.safetensors`` file, or of a PyTorch file read with ``torch.load(weights_only=True)``
     (a pickle holding anything but tensors and plain containers is refused, never run); nested under
     ``state_dict`` / ``model`` / ``module`` and DDP's ``module.`` prefix unwrapped.
 
     Raises:
-        FormatError: unreadable file, a pickle that is not plain data, or no tensors.
+        FormatError: unreadable file, a pickle that is not plain data, no tensors, or a file (or zip members)
+            above :func:`check_weights_file`'s caps.
     """
     import pickle
 
     path = Path(path)
+    check_weights_file(path)
     if path.suffix == ".safetensors":
         from rayssl.train.checkpoint import read_safetensors
 

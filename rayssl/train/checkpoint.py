@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 from pathlib import Path
 from typing import Callable
@@ -61,22 +62,41 @@ def seal(directory: str | Path, rank: int) -> None:
     (directory / FILES_MANIFEST.format(rank=rank)).write_text(json.dumps(files, indent=1))
 
 
+def _inside(directory: str | Path, rel) -> Path | None:
+    """``directory / rel`` when it lies inside ``directory`` with links resolved; ``None`` for an absolute path,
+    ``..`` or a symlink out of it (never opened)."""
+    try:
+        base, real = os.path.realpath(directory), os.path.realpath(Path(directory) / rel)
+    except (TypeError, ValueError):  # not a path, or a NUL byte in it
+        return None
+    return Path(directory) / rel if rel and real != base and os.path.commonpath([base, real]) == base else None
+
+
 def damage(directory: str | Path) -> str | None:
     """What is wrong with a checkpoint directory, or ``None`` when every rank's files are there and match
-    their recorded SHA-256."""
+    their recorded SHA-256. Only files inside ``directory`` are opened, whatever the manifests list."""
     directory = Path(directory)
     try:
-        world = int(json.loads((directory / STATE_FILE).read_text())["world_size"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if (state := _inside(directory, STATE_FILE)) is None:
+            return f"{STATE_FILE} leads outside the checkpoint (not opened)"
+        world = int(json.loads(state.read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         return f"no readable {STATE_FILE} ({type(e).__name__})"
+    if world < 1:
+        return f"{STATE_FILE} says world_size {world}"
     for rank in range(world):
-        manifest = directory / FILES_MANIFEST.format(rank=rank)
+        name = FILES_MANIFEST.format(rank=rank)
+        if (manifest := _inside(directory, name)) is None:
+            return f"{name} leads outside the checkpoint (not opened)"
         try:
             files = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            return f"no readable {manifest.name} (an incomplete or pre-manifest checkpoint)"
+        except (OSError, ValueError, RecursionError):
+            return f"no readable {name} (an incomplete or pre-manifest checkpoint)"
+        if not isinstance(files, dict):
+            return f"{name} is not a map of file names to SHA-256"
         for rel, digest in files.items():
-            path = directory / rel
+            if (path := _inside(directory, rel)) is None:
+                return f"{name} lists {str(rel)[:200]!r}, outside the checkpoint (not opened)"
             if not path.is_file():
                 return f"{rel} is missing"
             if _sha256(path) != digest:
@@ -96,10 +116,15 @@ def _candidates(run_dir: str) -> list[tuple[int, str]]:
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
+        if not is_uri(run_dir) and _inside(root, info.base_name) is None:
+            log.warning("ignoring %s: a link out of the run directory", info.path)
+            continue
         try:
+            if not is_uri(run_dir) and _inside(info.path, STATE_FILE) is None:
+                raise ValueError(f"{STATE_FILE} leads outside the checkpoint")
             with fs.open_input_stream(posixpath.join(info.path, STATE_FILE)) as f:
                 step = int(json.loads(f.read())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             step = -1
         path = f"{run_dir.rstrip('/')}/{info.base_name}" if is_uri(run_dir) else info.path
         out.append((step, path))
@@ -248,4 +273,9 @@ def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(sidecar.read_text())
     except ValueError as e:
         raise ValueError(f"{sidecar}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{sidecar}: not valid JSON (nested too deeply)") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{sidecar}: expected a JSON object (what network the weights are for), got "
+                         f"{type(meta).__name__}")
     return read_safetensors(st), meta

@@ -154,6 +154,9 @@ def load_checkpoints_safely(engine) -> None:
     allowed = _deepspeed_data_types()
 
     def load(path, map_location=None):
+        from rayssl.models.convert import check_weights_file
+
+        check_weights_file(path, limit=float("inf"))  # a zip bomb in place of a shard (its size is not capped)
         try:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location=map_location, weights_only=True)
