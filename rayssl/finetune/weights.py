@@ -101,6 +101,16 @@ def _load_vit(encoder: ViTEncoder, weights: dict, meta: dict, source: Path) -> d
     return {"pos_embed_interpolated": interpolated, "loaded": sorted(f"encoder.{k}" for k in state)}
 
 
+def _load_all_but(net: nn.Module, head: str, weights: dict, source: Path) -> dict:
+    """Every tensor of ``weights`` into ``net`` but those under ``head`` (the new output layer), shapes checked."""
+    state = {k: v for k, v in weights.items() if not k.startswith(head)}
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith(head)}
+    _check_shapes(source, state, own, "")
+    with torch.no_grad():
+        net.load_state_dict(state, strict=False)
+    return {"pos_embed_interpolated": None, "loaded": sorted(state)}
+
+
 def _load_unet(unet: GenesisUNet, weights: dict, meta: dict, source: Path) -> dict:
     if meta.get("architecture") != "genesis_unet":
         raise ValueError(f"pretrained weights {source} hold a {meta.get('architecture')!r} network "
@@ -111,12 +121,7 @@ def _load_unet(unet: GenesisUNet, weights: dict, meta: dict, source: Path) -> di
         "norm": (meta.get("norm"), unet.norm),
         "in_channels": (meta.get("in_channels"), first.in_channels),
     })
-    state = {k: v for k, v in weights.items() if not k.startswith("out.")}  # new output head
-    own = {k: v for k, v in unet.state_dict().items() if not k.startswith("out.")}
-    _check_shapes(source, state, own, "")
-    with torch.no_grad():
-        unet.load_state_dict(state, strict=False)
-    return {"pos_embed_interpolated": None, "loaded": sorted(state)}
+    return _load_all_but(unet, "out.", weights, source)  # a new output head
 
 
 def _load_resenc(unet: ResEncUNet, weights: dict, meta: dict, source: Path) -> dict:
@@ -130,12 +135,7 @@ def _load_resenc(unet: ResEncUNet, weights: dict, meta: dict, source: Path) -> d
         "in_channels": (meta.get("in_channels"), unet.encoder[0][0].conv1.conv.in_channels),
         "spatial_dims": (meta.get("spatial_dims"), unet.spatial_dims),
     })
-    state = {k: v for k, v in weights.items() if not k.startswith("head.")}  # new output layer
-    own = {k: v for k, v in unet.state_dict().items() if not k.startswith("head.")}
-    _check_shapes(source, state, own, "")
-    with torch.no_grad():
-        unet.load_state_dict(state, strict=False)
-    return {"pos_embed_interpolated": None, "loaded": sorted(state)}
+    return _load_all_but(unet, "head.", weights, source)  # a new output layer
 
 
 def _interpolate(encoder: ViTEncoder, state: dict, source: Path) -> list | None:
