@@ -8,7 +8,9 @@ Protocol:
 
 * Each method pre-trains once, without labels, on all training cases of the source (self pre-training), or
   with ``--pretrain-source`` on a separate unlabelled pool (any source spec; 95% of its cases, the rest its
-  validation split); every fine-tuning run of that method starts from it. A pool holding a test case of the
+  validation split; ``synthetic:ct:100:1000`` is 100 phantoms generated with seed 1000, none of the source's)
+  for the same number of optimiser steps and warm-up steps (the pool's epochs are longer, so fewer); every
+  fine-tuning run of that method starts from it. A pool holding a test case of the
   source (the same file, or a file with the same content) is refused before any run.
 * For each k in ``--labelled`` and each seed, fine-tuning sees k labelled training cases (a subset drawn
   with the seed, ``data.train_cases`` / ``data.subset_seed``). The pre-trained arm has a scratch twin with
@@ -150,6 +152,17 @@ def check_labelled(source: str, labelled: list[int]) -> int:
     return n_train
 
 
+def pool_cases(pool: str) -> int:
+    """The number of cases a pool pre-trains on (its training split)."""
+    from rayssl.config import DataConfig, build_config, parse_override
+    from rayssl.data.sources import resolve_source
+
+    data = {"source": pool}
+    for item in POOL_SPLIT:
+        data.update(parse_override(item)["data"])
+    return len(resolve_source(build_config(DataConfig, data)).split("train"))
+
+
 def pool_overlap(source: str, pool: str) -> list[str]:
     """The source's test images that are also in the pre-training pool: the same file (links resolved), or a local
     file of the same content (hashed only where the sizes match)."""
@@ -245,7 +258,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {out} holds runs made with other settings ({settings_file}); pass another --out")
     n_train = check_labelled(args.source, args.labelled)
     recipe = recipes(args.source, args.recipe)
+    n_pool = 0
     if args.pretrain_source:
+        n_pool = pool_cases(args.pretrain_source)
         overlap = pool_overlap(args.source, args.pretrain_source)
         if overlap:
             raise SystemExit(f"error: the pre-training pool {args.pretrain_source!r} holds {len(overlap)} test case(s) of "
@@ -277,11 +292,14 @@ def main(argv=None) -> None:
             return str(run)
         preset = {"mae": "tiny", "genesis": "tiny_genesis", "cnn_mae": "tiny_cnn_mae"}[family(method)]
         extra = {"mae": [f"model.mask_ratio={mask_of(method)}"], "genesis": GENESIS_UNET, "cnn_mae": RESENC_UNET}[family(method)]
-        pool = [f"data.source={args.pretrain_source}", *POOL_SPLIT] if args.pretrain_source else []
-        cfg = load_config(PretrainConfig, "pretrain", preset, overrides=[
-            *common, *pool, f"data.recipe={recipe[family(method)]}", *extra, f"epochs={args.pretrain_epochs}",
-            f"run.name={name}"])
-        return pretrain(cfg)
+        overrides = [*common, f"data.recipe={recipe[family(method)]}", *extra, f"epochs={args.pretrain_epochs}",
+                     f"run.name={name}"]
+        if args.pretrain_source:  # the pool's epochs are longer: the same steps and warm-up steps as on the source
+            scale = n_train / n_pool
+            warmup = load_config(PretrainConfig, "pretrain", preset).optim.warmup_epochs * scale
+            overrides += [f"data.source={args.pretrain_source}", *POOL_SPLIT, f"optim.warmup_epochs={warmup:.4f}",
+                          f"epochs={max(1, round(args.pretrain_epochs * scale))}"]
+        return pretrain(load_config(PretrainConfig, "pretrain", preset, overrides=overrides))
 
     def finetuned(method: str, arm: str, k: int, seed: int, encoder: str) -> dict:
         name = f"ft-{method}-{arm}-k{k}-s{seed}"

@@ -41,7 +41,7 @@ class DataConfig(Strict):
     """Where the volumes come from, how they are preprocessed and cut into patches."""
 
     source: str = "synthetic:ct:8"
-    """``synthetic:ct|mri|cxr[:N]``, a path (auto-detected), or ``msd:``/``folder:``/``csv:``/``cxr14:`` + path."""
+    """``synthetic:ct|mri|cxr[:N[:SEED]]``, a path (auto-detected), or ``msd:``/``folder:``/``csv:``/``cxr14:`` + path."""
     recipe: Literal[tuple(RECIPES)] | None = None  # type: ignore[valid-type]
     """Preprocessing recipe; ``None`` picks the source's natural one."""
     spacing: tuple[float, ...] | None = None

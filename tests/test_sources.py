@@ -199,6 +199,16 @@ def test_synthetic_spec(tmp_path):
     assert [(c.case_id, c.split, c.target) for c in again.cases] == [(c.case_id, c.split, c.target) for c in src.cases]
 
 
+def test_synthetic_spec_seed_generates_another_dataset(tmp_path):
+    own = resolve_source(DataConfig(source="synthetic:cxr:4", synthetic_dir=str(tmp_path), seed=3, folds=2))
+    other = resolve_source(DataConfig(source="synthetic:cxr:4:11", synthetic_dir=str(tmp_path), seed=3, folds=2))
+    assert own.root == str(tmp_path / "cxr-n4-s3") and other.root == str(tmp_path / "cxr-n4-s11")
+    assert {open(c.image[0], "rb").read()
+            for c in own.cases}.isdisjoint(open(c.image[0], "rb").read() for c in other.cases)
+    with pytest.raises(ValueError, match="SEED must be an integer"):
+        resolve_source(DataConfig(source="synthetic:ct:4:x", synthetic_dir=str(tmp_path)))
+
+
 def test_cxr14_kaggle_layout(tmp_path):
     lines = ["Image Index,Finding Labels,Follow-up #,Patient ID", "a.png,Mass,0,1", "b.png,No Finding,0,2"]
     (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")

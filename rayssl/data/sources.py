@@ -1,6 +1,6 @@
 """Data sources: turn a ``data.source`` SPEC into a list of cases with splits, without decoding volumes.
 
-SPEC forms: ``synthetic:ct|mri|cxr[:N]``, ``msd:PATH``, ``folder:IMAGES[,LABELS]``, ``csv:FILE.csv``,
+SPEC forms: ``synthetic:ct|mri|cxr[:N[:SEED]]``, ``msd:PATH``, ``folder:IMAGES[,LABELS]``, ``csv:FILE.csv``,
 ``cxr14:PATH``, or a bare PATH (auto-detected). Paths may be local or ``s3://`` / ``gs://`` / ``file://``.
 """
 
@@ -27,7 +27,7 @@ from rayssl.data.synthetic import CXR_FINDINGS, ensure_synthetic
 log = logging.getLogger(__name__)
 
 SPEC_FORMS = (
-    "synthetic:ct[:N]", "synthetic:mri[:N]", "synthetic:cxr[:N]", "msd:PATH (folder with dataset.json, or the json)",
+    "synthetic:ct[:N[:SEED]]", "synthetic:mri[:N[:SEED]]", "synthetic:cxr[:N[:SEED]]", "msd:PATH (folder with dataset.json, or the json)",
     "folder:IMAGES[,LABELS]", "csv:FILE.csv", "cxr14:PATH", "dicom:FOLDER (one case per series)",
     "PATH (auto-detected)",
 )  # fmt: skip
@@ -569,16 +569,21 @@ def _detect(path: str, spec: str, allow_outside: bool = False) -> Source:
 
 
 def _synthetic(rest: str, data: DataConfig, spec: str) -> Source:
-    kind, _, n = rest.partition(":")
+    kind, _, rest = rest.partition(":")
+    n, _, seed = rest.partition(":")
     if kind not in SYNTHETIC_DEFAULT_N:
         raise _bad_spec(spec, f"unknown synthetic kind {kind!r}")
     try:
         count = int(n) if n else SYNTHETIC_DEFAULT_N[kind]
     except ValueError:
         raise _bad_spec(spec, f"N must be an integer, got {n!r}") from None
+    try:  # the generator's seed; default data.seed (a pool generated with another seed shares no phantom)
+        gen_seed = int(seed) if seed else data.seed
+    except ValueError:
+        raise _bad_spec(spec, f"SEED must be an integer, got {seed!r}") from None
     if count < (2 if kind == "cxr" else 1):
         raise _bad_spec(spec, f"N must be >= {2 if kind == 'cxr' else 1}, got {count}")
-    root = str(ensure_synthetic(kind, count, data.seed, data.synthetic_dir))
+    root = str(ensure_synthetic(kind, count, gen_seed, data.synthetic_dir))
     return _cxr14(root) if kind == "cxr" else _msd(root)
 
 
