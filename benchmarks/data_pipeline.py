@@ -69,7 +69,7 @@ def monai_loader(kind: str, items: list[dict], roi, patches: int, workers: int, 
     import monai.transforms as mt
     from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, list_data_collate
 
-    from rayssl.data.recipes import RECIPES
+    from rayssl.config.recipes import RECIPES
 
     r = RECIPES["ct_btcv"]
     keys = ["image", "label"]
@@ -159,6 +159,7 @@ def run_benchmark(args: argparse.Namespace, work: str) -> None:
 
     from rayssl.config import DataConfig, PrepareConfig
     from rayssl.data.crops import epoch_batches
+    from rayssl.data.cache import read_manifest
     from rayssl.data.pipeline import prepare, train_volumes
     from rayssl.data.sources import resolve_source
     from rayssl.data.synthetic import make_ct_phantoms
@@ -171,7 +172,7 @@ def run_benchmark(args: argparse.Namespace, work: str) -> None:
           f"{args.epochs} epochs, {cores} cores", flush=True)
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)  # not timed
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cache = prepare(PrepareConfig(data=data, out=os.path.join(work, "cache"), rows_per_file=4))
+    cache = prepare(PrepareConfig(data=data, out=os.path.join(work, "cache"), rows_per_file=4), resolve_source(data), "ct_btcv")
 
     def crops(make_volumes):
         holder = {}
@@ -187,9 +188,11 @@ def run_benchmark(args: argparse.Namespace, work: str) -> None:
 
     results = {}
     producers = {
-        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"])),
-        "rayssl kept": crops(lambda: train_volumes(data, ["image"])),
-        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"])),
+        "rayssl from NIfTI": crops(lambda: train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"],
+                                                         resolve_source(data), "ct_btcv")),
+        "rayssl kept": crops(lambda: train_volumes(data, ["image"], resolve_source(data), "ct_btcv")),
+        "rayssl cache": crops(lambda: train_volumes(data.model_copy(update={"cache_dir": cache}), ["image"], None,
+                                                    "ct_btcv", read_manifest(cache))),
     }
     for name, make in producers.items():
         results[name] = run(make, args.epochs)

@@ -297,7 +297,7 @@ def sliding_case(s: dict, device, precision: str, compile_: bool, steps: int, wa
 
 
 def genesis_case(s: dict, device, steps: int, warmup: int) -> dict:
-    from rayssl.pretrain.genesis import GenesisCorruption
+    from rayssl.pretrain.genesis_corruptions import GenesisCorruption
 
     corrupt = GenesisCorruption()
     x = torch.rand(s["batch"], 1, *s["shape"], device=device)

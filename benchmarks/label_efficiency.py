@@ -121,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def recipes(source: str, recipe: str | None) -> dict[str, str]:
     """The recipe of each method's arms: MAE's (and cnn_mae's) as given (or the source's), Genesis' [0, 1] form of it."""
     from rayssl.config import DataConfig
-    from rayssl.data.recipes import genesis_recipe
+    from rayssl.config.recipes import genesis_recipe
     from rayssl.data.sources import resolve_source
 
     mae = recipe or resolve_source(DataConfig(source=source)).recipe

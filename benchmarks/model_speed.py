@@ -172,7 +172,7 @@ def loop_pipeline(batch: np.ndarray, plan: dict) -> list:
 
 
 def bench_genesis(args) -> None:
-    from rayssl.pretrain.genesis import GenesisCorruption, local_pixel_shuffle
+    from rayssl.pretrain.genesis_corruptions import GenesisCorruption, local_pixel_shuffle
 
     n = args.genesis_batch
     x = torch.rand(n, 1, 64, 64, 32)

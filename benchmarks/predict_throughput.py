@@ -31,7 +31,7 @@ def monai_loop(model_dir: str, images: list[str], out: Path) -> float:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from rayssl.data.recipes import RECIPES
+    from rayssl.config.recipes import RECIPES
     from rayssl.predict.models import load_model
 
     m = load_model(model_dir)

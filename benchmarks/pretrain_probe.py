@@ -58,7 +58,7 @@ def main(argv=None) -> None:
 
     run = Path(args.run_dir)
     cfg = PretrainConfig.model_validate(json.loads((run / "config.json").read_text()))
-    if cfg.model.method != "mae" or len(cfg.data.roi) != 3:
+    if cfg.model.method != "mae" or cfg.data.spatial_dims != 3:
         raise SystemExit(f"error: {run} is not a 3D MAE pre-training run")
     checkpoint = json.loads((run / "result.json").read_text())["checkpoint"]
     source = resolve_source(cfg.data)

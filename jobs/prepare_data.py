@@ -30,6 +30,6 @@ if __name__ == "__main__":
     from rayssl.train.launch import init_ray
 
     source = before_ray(resolve_source, cfg.data)  # the source and its recipe, checked before Ray starts
-    before_ray(resolve_recipe, cfg.data, source)  # any number of cases: an empty split is written empty
+    recipe = before_ray(resolve_recipe, cfg.data, source)  # any number of cases: an empty split is written empty
     init_ray()
-    print(prepare(cfg, source))
+    print(prepare(cfg, source, recipe))

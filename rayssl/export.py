@@ -17,16 +17,18 @@ from pathlib import Path
 
 import torch
 
+from rayssl.train.layout import RunDir
+
 FORMATS = ("timm", "monai", "torchscript")
 
 
 def _run_record(run: Path) -> tuple[str, dict, dict]:
     """``(kind, config dict, result)`` of a pre-training or fine-tuning run directory."""
     try:
-        result = json.loads((run / "result.json").read_text())
-        config = json.loads((run / "config.json").read_text())
+        result = json.loads((run / RunDir.RESULT).read_text())
+        config = json.loads((run / RunDir.CONFIG).read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{run}: not a finished rayssl run (result.json / config.json: {e})") from None
+        raise ValueError(f"{run}: not a finished rayssl run ({RunDir.RESULT} / {RunDir.CONFIG}: {e})") from None
     return ("finetune" if "task" in result else "pretrain"), config, result
 
 
@@ -40,22 +42,22 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     from safetensors.torch import save_file
 
     from rayssl.models import convert
-    from rayssl.train.checkpoint import read_safetensors
+    from rayssl.models.weights_file import read_safetensors
 
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     run = Path(run)
     kind, config, result = _run_record(run)
-    out = Path(out) if out else run / "export"
+    out = Path(out) if out else run / RunDir.EXPORT
     out.mkdir(parents=True, exist_ok=True)
     if kind == "pretrain":
         from rayssl.config import PretrainConfig
 
         cfg = PretrainConfig.model_validate(config)
-        if fmt != "timm" or cfg.model.method != "mae" or len(cfg.data.roi) != 2:
-            raise ValueError(f"{run}: a {cfg.model.method} pre-training run of {len(cfg.data.roi)}D exports as timm only "
+        if fmt != "timm" or cfg.model.method != "mae" or cfg.data.spatial_dims != 2:
+            raise ValueError(f"{run}: a {cfg.model.method} pre-training run of {cfg.data.spatial_dims}D exports as timm only "
                              "when it is a 2D MAE (timm has no 3D ViT); fine-tune it for monai / torchscript")
-        encoder = read_safetensors(run / "export" / "encoder.safetensors")
+        encoder = read_safetensors(run / RunDir.EXPORT / f"{RunDir.export_stem(cfg.model.method)}.safetensors")
         path = out / "timm_model.safetensors"
         save_file(convert.to_timm(encoder), str(path))
         return path
@@ -81,7 +83,7 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None) -> Path:
         from rayssl.models.vit import VIT_SIZES
 
         size = VIT_SIZES[cfg.model.size]
-        if size["depth"] != 12 or cfg.model.patch_size != 16 or len(cfg.data.roi) != 3:
+        if size["depth"] != 12 or cfg.model.patch_size != 16 or cfg.data.spatial_dims != 3:
             raise ValueError(f"{run}: MONAI's UNETR has 12 blocks of patch 16 in 3D; this UNETR has {size['depth']} "
                              f"blocks of patch {cfg.model.patch_size} (export it as torchscript instead)")
         args = {"in_channels": model.spec.channels, "out_channels": model.spec.num_classes, "img_size": list(cfg.data.roi),
@@ -96,7 +98,7 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None) -> Path:
         save_file({k: v.contiguous() for k, v in mapped.items()}, str(path))
         (out / "unetr.json").write_text(json.dumps(args, indent=1))
         return path
-    roi = tuple(cfg.eval.roi or cfg.data.roi)
+    roi = cfg.sw_roi
     example = torch.zeros(1, model.spec.channels, *roi)
     with torch.no_grad():
         traced = torch.jit.trace(net, example, check_trace=False)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
+from conftest import read_metrics
 from test_cluster_submit import ROOT, LocalHead
 
 MAX_STEPS, CHECKPOINT_EVERY, LOG_EVERY = 8, 2, 1
@@ -131,7 +132,7 @@ def scenario(tmp_path_factory):
         def past_checkpoint() -> bool:  # a step after the first checkpoint: the kill then loses work
             done = checkpoint_steps(run_dir)
             try:
-                return bool(done) and metrics(run_dir)[-1]["step"] > done[0]
+                return bool(done) and read_metrics(run_dir)[-1]["step"] > done[0]
             except (OSError, ValueError, IndexError):  # not written yet / a line being written
                 return False
 
@@ -166,10 +167,6 @@ def scenario(tmp_path_factory):
         assert head.processes() == []
 
 
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_gpu_node_types_at_zero_make_use_gpu_request_gpus(scenario):
     # no GPU node is up, the autoscaler can add one: use_gpu=None must not fall back to CPU
     assert scenario["gpu_probe"] == {"use_gpu": True, "max_gpus": 1.0}
@@ -179,7 +176,7 @@ def test_autoscaler_adds_nodes_and_the_run_finishes(scenario):
     assert scenario["returncode"] == 0, scenario["log"][-4000:]
     assert scenario["nodes_before"] == 0
     assert scenario["max_nodes"] >= 2  # one node per training worker
-    rows = metrics(scenario["run_dir"])
+    rows = read_metrics(scenario["run_dir"])
     assert {r["world_size"] for r in rows} == {2}
     lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line).strip() for line in scenario["log"].splitlines()]
     assert str(scenario["run_dir"]) in lines  # the job's result line
@@ -190,7 +187,7 @@ def test_killed_node_recovers_from_last_checkpoint(scenario):
     run_dir = scenario["run_dir"]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == MAX_STEPS and result["resumes"] >= 1
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     killed_at = scenario["killed_at"]
     before = [r for r in rows if r["time"] <= killed_at]
     after = [r for r in rows if r["time"] > killed_at]

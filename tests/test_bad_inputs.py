@@ -13,6 +13,8 @@ from rayssl.config import DataConfig
 from rayssl.data.preprocess import load_case
 from rayssl.data.sources import resolve_source
 
+from conftest import write_msd, write_nifti
+
 _OPENED: list[str] | None = None
 
 
@@ -41,11 +43,9 @@ def leaked(opened: list[str], secret) -> list[str]:
 
 
 def nifti(path, shape=(12, 12, 12), label=False):
-    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     data = (rng.integers(0, 3, shape) if label else rng.normal(0, 100, shape)).astype(np.uint8 if label else np.int16)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-    return path
+    return write_nifti(path, data)
 
 
 @pytest.fixture
@@ -80,8 +80,7 @@ def _symlink(link, target) -> str:
 def _msd(root, image, label=None):
     training = [{"image": f"./imagesTr/good_{i}.nii.gz", "label": f"./labelsTr/good_{i}.nii.gz"} for i in range(2)]
     training.append({"image": image, "label": label or "./labelsTr/good_0.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "labels": {"0": "bg", "1": "a", "2": "b"},
-                                                   "training": training}))
+    write_msd(root, training, labels={"0": "bg", "1": "a", "2": "b"})
     return f"msd:{root}"
 
 
@@ -163,16 +162,6 @@ from rayssl.data.io import BadInput  # noqa: E402
 from rayssl.data.sources import Case  # noqa: E402
 
 
-def _save(path, data, affine=None, dtype=None, header_fn=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = nib.Nifti1Image(np.asarray(data) if dtype is None else np.asarray(data).astype(dtype),
-                          np.eye(4) if affine is None else affine)
-    if header_fn:
-        header_fn(img)
-    nib.save(img, str(path))
-    return path
-
-
 def _lying_header(path, dims=(1000, 1000, 1000), dtype=np.int16, gz=True):
     """A valid NIfTI header claiming ``dims`` voxels, followed by 4 KB of data only."""
     hdr = nib.Nifti1Header()
@@ -210,7 +199,7 @@ def _truncate(path, keep=0.5):
 
 def _rgb(path):
     rgb = np.zeros((8, 8, 8), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
-    return _save(path, rgb)
+    return write_nifti(path, rgb)
 
 
 VOL = (12, 12, 12)
@@ -226,35 +215,35 @@ BAD_IMAGES = {
     "header_claims_1000_cubed": (lambda p: _lying_header(p), "header claims 1000 x 1000 x 1000 voxels of int16"),
     "header_claims_1000_cubed_raw": (lambda p: _lying_header(p.with_suffix(""), gz=False), "but the file holds"),
     "header_claims_above_the_cap": (lambda p: _lying_header(p, (4000, 4000, 4000), np.float64), "above the 2 GiB budget"),
-    "truncated_gzip": (lambda p: _truncate(_save(p, _noise())), "truncated"),
-    "truncated_raw_nifti": (lambda p: _truncate(_save(p.with_suffix(""), _noise()), 0.6), "truncated"),
+    "truncated_gzip": (lambda p: _truncate(write_nifti(p, _noise())), "truncated"),
+    "truncated_raw_nifti": (lambda p: _truncate(write_nifti(p.with_suffix(""), _noise()), 0.6), "truncated"),
     "corrupt_gzip": (lambda p: _write(p, b"\x1f\x8b\x08\x00" + os.urandom(600)), "gzip"),
     "random_bytes": (lambda p: _write(p.with_suffix(""), b"\x17" + os.urandom(4000)), "not a NIfTI file"),
     "empty_file": (lambda p: _write(p, b""), "not a NIfTI file"),
     "text_file": (lambda p: _write(p, b"this is not an image\n"), "not a NIfTI file"),
-    "complex64_voxels": (lambda p: _save(p, _noise() + 1j * _noise(), dtype=np.complex64), "complex voxels (complex64)"),
+    "complex64_voxels": (lambda p: write_nifti(p, _noise() + 1j * _noise(), dtype=np.complex64), "complex voxels (complex64)"),
     "rgb24_voxels": (_rgb, "RGB / structured voxels"),
     "all_zero_affine": (lambda p: _raw_nifti(p, _noise(), np.zeros((3, 4))), "affine is not an invertible"),
     "collapsed_axis_affine": (lambda p: _raw_nifti(p, _noise(), np.diag([1.0, 0.0, 1.0, 1.0])[:3]), "affine is not an invertible"),
-    "nan_voxels": (lambda p: _save(p, np.where(R.random(VOL) < 0.01, np.nan, _noise())), "NaN/Inf voxels"),
-    "inf_voxels": (lambda p: _save(p, np.where(R.random(VOL) < 0.01, np.inf, _noise())), "NaN/Inf voxels"),
-    "constant_volume": (lambda p: _save(p, np.full(VOL, 7.0, np.float32)), "constant"),
-    "zero_size_axis": (lambda p: _save(p, np.zeros((12, 0, 12), np.float32)), "empty image"),
-    "two_dimensional": (lambda p: _save(p, _noise((12, 12))), "3D"),
-    "five_dimensional": (lambda p: _save(p, _noise((6, 6, 6, 2, 2))), "expected a 3D or 4D volume"),
-    "time_series_as_channels": (lambda p: _save(p, _noise((12, 12, 12, 20))), "20 channels"),
+    "nan_voxels": (lambda p: write_nifti(p, np.where(R.random(VOL) < 0.01, np.nan, _noise())), "NaN/Inf voxels"),
+    "inf_voxels": (lambda p: write_nifti(p, np.where(R.random(VOL) < 0.01, np.inf, _noise())), "NaN/Inf voxels"),
+    "constant_volume": (lambda p: write_nifti(p, np.full(VOL, 7.0, np.float32)), "constant"),
+    "zero_size_axis": (lambda p: write_nifti(p, np.zeros((12, 0, 12), np.float32)), "empty image"),
+    "two_dimensional": (lambda p: write_nifti(p, _noise((12, 12))), "3D"),
+    "five_dimensional": (lambda p: write_nifti(p, _noise((6, 6, 6, 2, 2))), "expected a 3D or 4D volume"),
+    "time_series_as_channels": (lambda p: write_nifti(p, _noise((12, 12, 12, 20))), "20 channels"),
     "not_a_file": (lambda p: p.mkdir(parents=True) or p, "not a file"),
     "missing": (lambda p: p, "file not found"),
 }
 
 BAD_LABELS = {
-    "label_shape_mismatch": (lambda p: _save(p, np.zeros((10, 12, 12), np.uint8)), "label shape"),
-    "label_affine_mismatch": (lambda p: _save(p, np.zeros(VOL, np.uint8), affine=np.diag([2.0, 1, 1, 1])), "label affine differs"),
-    "label_nan": (lambda p: _save(p, np.where(R.random(VOL) < 0.1, np.nan, 1.0).astype(np.float32)), "NaN/Inf"),
-    "label_fractional": (lambda p: _save(p, np.full(VOL, 0.5, np.float32)), "non-integer"),
-    "label_too_large": (lambda p: _save(p, np.full(VOL, 70000, np.int32)), "do not fit int16"),
-    "label_four_dimensional": (lambda p: _save(p, np.zeros((12, 12, 12, 3), np.uint8)), "expected a 3D label map"),
-    "label_truncated": (lambda p: _truncate(_save(p, R.integers(0, 3, VOL).astype(np.uint8))), "truncated"),
+    "label_shape_mismatch": (lambda p: write_nifti(p, np.zeros((10, 12, 12), np.uint8)), "label shape"),
+    "label_affine_mismatch": (lambda p: write_nifti(p, np.zeros(VOL, np.uint8), affine=np.diag([2.0, 1, 1, 1])), "label affine differs"),
+    "label_nan": (lambda p: write_nifti(p, np.where(R.random(VOL) < 0.1, np.nan, 1.0).astype(np.float32)), "NaN/Inf"),
+    "label_fractional": (lambda p: write_nifti(p, np.full(VOL, 0.5, np.float32)), "non-integer"),
+    "label_too_large": (lambda p: write_nifti(p, np.full(VOL, 70000, np.int32)), "do not fit int16"),
+    "label_four_dimensional": (lambda p: write_nifti(p, np.zeros((12, 12, 12, 3), np.uint8)), "expected a 3D label map"),
+    "label_truncated": (lambda p: _truncate(write_nifti(p, R.integers(0, 3, VOL).astype(np.uint8))), "truncated"),
     "label_corrupt_gzip": (lambda p: _write(p, b"\x1f\x8b\x08\x00" + os.urandom(300)), "gzip"),
     "label_missing": (lambda p: p, "file not found"),
 }
@@ -272,7 +261,7 @@ def test_bad_image_is_refused_with_a_reason_naming_the_file(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(BAD_LABELS))
 def test_bad_label_is_refused_with_a_reason_naming_the_file(tmp_path, name):
     write, reason = BAD_LABELS[name]
-    image = _save(tmp_path / "img" / "case.nii.gz", _noise())
+    image = write_nifti(tmp_path / "img" / "case.nii.gz", _noise())
     label = write(tmp_path / "lab" / f"{name}.nii.gz")
     with pytest.raises(BadInput) as e:
         load_case(Case(name, [str(image)], str(label)), "none", channels=1)
@@ -282,10 +271,10 @@ def test_bad_label_is_refused_with_a_reason_naming_the_file(tmp_path, name):
 HANDLED = {
     "nifti2": lambda p: nib.save(nib.Nifti2Image(_noise(), np.eye(4)), str(p)),
     "big_endian": lambda p: nib.save(nib.Nifti1Image(_noise().astype(">f4"), np.eye(4)), str(p)),
-    "int8_with_scaling": lambda p: _save(p, R.integers(-100, 100, VOL).astype(np.int8),
+    "int8_with_scaling": lambda p: write_nifti(p, R.integers(-100, 100, VOL).astype(np.int8),
                                          header_fn=lambda img: img.header.set_slope_inter(2.0, -5.0)),
-    "trailing_singleton_axis": lambda p: _save(p, _noise((12, 12, 12, 1))),
-    "uncompressed": lambda p: _save(p.with_suffix(""), _noise()),
+    "trailing_singleton_axis": lambda p: write_nifti(p, _noise((12, 12, 12, 1))),
+    "uncompressed": lambda p: write_nifti(p.with_suffix(""), _noise()),
 }
 
 
@@ -317,8 +306,8 @@ def test_a_lying_header_costs_megabytes_not_gigabytes(tmp_path):
 
 def test_a_source_mixing_channel_counts_keeps_the_common_one(tmp_path):
     for i in range(3):
-        _save(tmp_path / "imgs" / f"one_{i}.nii.gz", _noise())
-    _save(tmp_path / "imgs" / "series.nii.gz", _noise((12, 12, 12, 20)))
+        write_nifti(tmp_path / "imgs" / f"one_{i}.nii.gz", _noise())
+    write_nifti(tmp_path / "imgs" / "series.nii.gz", _noise((12, 12, 12, 20)))
     src = resolve_source(DataConfig(source=f"folder:{tmp_path / 'imgs'}", folds=2))
     assert src.channels == 1
     with pytest.raises(BadInput, match="20 channels .* the source has 1"):
@@ -360,9 +349,8 @@ def test_a_malformed_manifest_is_a_clear_error_naming_the_file(tmp_path, kind, f
 
 def test_duplicate_msd_case_ids_are_kept_apart(tmp_path, caplog):
     for sub in ("a", "b"):
-        _save(tmp_path / sub / "case.nii.gz", _noise())
-    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "training": [
-        {"image": "a/case.nii.gz"}, {"image": "b/case.nii.gz"}]}))
+        write_nifti(tmp_path / sub / "case.nii.gz", _noise())
+    write_msd(tmp_path, [{"image": "a/case.nii.gz"}, {"image": "b/case.nii.gz"}])
     src = resolve_source(DataConfig(source=f"msd:{tmp_path}", folds=2))
     assert sorted(c.case_id for c in src.cases) == ["case", "case_1"]
     assert any("listed 2 times" in m for m in caplog.messages)
@@ -371,9 +359,8 @@ def test_duplicate_msd_case_ids_are_kept_apart(tmp_path, caplog):
 def test_strict_mode_fails_at_listing_on_missing_files(tmp_path):
     from rayssl.data.sources import QuarantineError
 
-    _save(tmp_path / "a.nii.gz", _noise())
-    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "training": [
-        {"image": "a.nii.gz"}, {"image": "gone.nii.gz"}]}))
+    write_nifti(tmp_path / "a.nii.gz", _noise())
+    write_msd(tmp_path, [{"image": "a.nii.gz"}, {"image": "gone.nii.gz"}])
     with pytest.raises(QuarantineError, match="gone.nii.gz: file not found"):
         resolve_source(DataConfig(source=f"msd:{tmp_path}", strict=True))
 
@@ -381,13 +368,13 @@ def test_strict_mode_fails_at_listing_on_missing_files(tmp_path):
 def test_unknown_and_corrupt_weights_are_refused_by_name(tmp_path):
     import torch
 
-    from rayssl.finetune.weights import load_pretrained
+    from rayssl.finetune.weights import load_pretrained, resolve_pretrained
     from rayssl.models.unetr import UNETR
-    from rayssl.train.checkpoint import load_export
+    from rayssl.models.weights_file import load_export
 
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")  # plain tensors, read safely, in no known layout
     with pytest.raises(ValueError, match=r"weights in no layout rayssl reads .*first keys: \['w'\]"):
-        load_pretrained(UNETR((32, 32, 32), 8, 1, 3, 48, 2, 3), str(tmp_path / "model.pt"))
+        load_pretrained(UNETR((32, 32, 32), 8, 1, 3, 48, 2, 3), resolve_pretrained(str(tmp_path / "model.pt")))
     (tmp_path / "enc.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     (tmp_path / "enc.json").write_text("{}")
     with pytest.raises(ValueError, match=rf"{tmp_path / 'enc.safetensors'}: not a readable .safetensors file"):
@@ -484,7 +471,7 @@ def test_the_open_check_sees_what_pyarrow_opens_which_audit_hooks_miss(layout):
         _, audited = opened_during(lambda: read_bytes(str(secret)))  # pyarrow's C++ open
     assert str(secret) in seen
     assert not leaked(audited, secret)  # invisible to Python's audit hooks: why the escape tests also use os_opens
-    _save(secret.parent / "other.nii", _noise())  # of a size of its own: read by pyarrow only
+    write_nifti(secret.parent / "other.nii", _noise())  # of a size of its own: read by pyarrow only
     src, loaded, opened = _check_escape(_msd(root, "../secret/other.nii"), root, secret, None, allow=True)
     assert len(loaded) == 3 and leaked(opened, secret)  # the escape tests' check sees an escape that is let through
 
@@ -601,11 +588,10 @@ def test_label_values_outside_the_declared_set_are_quarantined_naming_them(tmp_p
 
     root = tmp_path / "ds"
     for i, values in enumerate(([0, 1, 2], [0, 7, 255], [0, 1])):
-        _save(root / "imagesTr" / f"c{i}.nii.gz", _noise())
-        _save(root / "labelsTr" / f"c{i}.nii.gz", np.resize(np.array(values, np.uint8), VOL))
-    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "labels": {"0": "bg", "1": "a", "2": "b"},
-                                                   "training": [{"image": f"imagesTr/c{i}.nii.gz",
-                                                                 "label": f"labelsTr/c{i}.nii.gz"} for i in range(3)]}))
+        write_nifti(root / "imagesTr" / f"c{i}.nii.gz", _noise())
+        write_nifti(root / "labelsTr" / f"c{i}.nii.gz", np.resize(np.array(values, np.uint8), VOL))
+    write_msd(root, [{"image": f"imagesTr/c{i}.nii.gz", "label": f"labelsTr/c{i}.nii.gz"} for i in range(3)],
+              labels={"0": "bg", "1": "a", "2": "b"})
     data = DataConfig(source=f"msd:{root}", recipe="none", folds=2)
     source = resolve_source(data)
 
@@ -618,7 +604,7 @@ def test_label_values_outside_the_declared_set_are_quarantined_naming_them(tmp_p
 
     monkeypatch.setattr(pipeline, "_listing", Listing)
     with caplog.at_level(logging.WARNING):
-        rows = pipeline.case_dataset(data, ["train", "val"], source)
+        rows = pipeline.case_dataset(data, source, "none", ["train", "val"])
     assert sorted(r["case_id"] for r in rows) == ["c0", "c2"]
     bad = str(root / "labelsTr" / "c1.nii.gz")
     assert any(f"quarantined {bad}: label values 7, 255 are not among the labels the source declares (0, 1, 2)" in m
@@ -636,10 +622,10 @@ def _splits_by_id(spec, seeds=range(6), **kw):
 def test_copies_of_one_case_land_in_one_split(tmp_path, caplog):
     volumes = {n: _noise() for n in ("a", "b", "c", "d")}
     for n, vol in volumes.items():
-        _save(tmp_path / "imagesTr" / f"{n}.nii", vol)  # uncompressed: all of one size
-    _save(tmp_path / "copies" / "a.nii", volumes["a"])  # the same content under another path
+        write_nifti(tmp_path / "imagesTr" / f"{n}.nii", vol)  # uncompressed: all of one size
+    write_nifti(tmp_path / "copies" / "a.nii", volumes["a"])  # the same content under another path
     training = [{"image": f"imagesTr/{n}.nii"} for n in volumes] + [{"image": "imagesTr/a.nii"}, {"image": "copies/a.nii"}]
-    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "training": training}))
+    write_msd(tmp_path, training)
     splits = _splits_by_id(f"msd:{tmp_path}")
     assert all(s["a"] == s["a_1"] == s["a_2"] for s in splits), splits  # the same path; the same content
     assert len({s["b"] + s["c"] + s["d"] for s in splits}) > 1  # the others are still dealt apart
@@ -651,7 +637,7 @@ def test_copies_of_one_case_land_in_one_split(tmp_path, caplog):
 
 
 def test_a_csv_naming_one_file_many_times_warns_once_and_keeps_one_split(tmp_path, caplog):
-    _save(tmp_path / "one.nii.gz", _noise())
+    write_nifti(tmp_path / "one.nii.gz", _noise())
     (tmp_path / "cases.csv").write_text("image\n" + "one.nii.gz\n" * 3000)
     with caplog.at_level(logging.WARNING):
         src = resolve_source(DataConfig(source=f"csv:{tmp_path / 'cases.csv'}", folds=5))
@@ -671,7 +657,7 @@ def test_a_deeply_nested_dataset_json_is_an_error_naming_the_file(tmp_path):
 
 
 def test_a_deeply_nested_export_sidecar_is_an_error_naming_the_file(tmp_path):
-    from rayssl.train.checkpoint import load_export
+    from rayssl.models.weights_file import load_export
 
     (tmp_path / "enc.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     (tmp_path / "enc.json").write_text(DEEP)
@@ -755,7 +741,7 @@ def test_a_claim_above_the_decoding_budget_is_refused_unread(tmp_path, dims, dty
 
 def test_a_nii_with_trailing_bytes_is_read_only_as_far_as_its_header_says(tmp_path):
     data = _noise((48, 48, 32))
-    path = _save(tmp_path / "trailing.nii", data)
+    path = write_nifti(tmp_path / "trailing.nii", data)
     with open(path, "r+b") as f:  # 1 GiB of (sparse) bytes after the voxels
         f.truncate(path.stat().st_size + 2**30)
     total, grown_mb = _rss_probe("v, _ = read_volume(p); print(float(v.astype(np.float64).sum()))", path)
@@ -800,18 +786,18 @@ def test_a_png_too_large_to_preprocess_is_refused_from_its_header(tmp_path):
 
 
 def test_a_volume_that_would_resample_to_gigabytes_is_refused_before_resampling(tmp_path):
-    path = _save(tmp_path / "coarse.nii.gz", _noise((16, 16, 16)), affine=np.diag([100.0, 100.0, 100.0, 1.0]))  # 15 KB
+    path = write_nifti(tmp_path / "coarse.nii.gz", _noise((16, 16, 16)), affine=np.diag([100.0, 100.0, 100.0, 1.0]))  # 15 KB
     assert _bounded_load(path, "ct_btcv", imports="import monai.transforms") == (
         f"{path} | resampling 16 x 16 x 16 voxels of 100 x 100 x 100 mm to 1.5 x 1.5 x 2 mm would make 1001 x 1001 x "
         "751 voxels (2.8 GiB as float32), above the 64 Mi voxels a resampled volume may have (MAX_RESAMPLED_VOXELS)")
 
 
 def test_a_volume_that_preprocesses_to_nothing_is_refused(tmp_path):
-    huge = _save(tmp_path / "huge_voxels.nii.gz", _noise(), affine=np.diag([1e30, 1e30, 1e30, 1.0]))
+    huge = write_nifti(tmp_path / "huge_voxels.nii.gz", _noise(), affine=np.diag([1e30, 1e30, 1e30, 1.0]))
     with pytest.raises(BadInput, match=r"1e\+30 x 1e\+30 x 1e\+30 mm to 1.5 x 1.5 x 2 mm would make 7.3+e\+30 x") as e:
         load_case(Case("huge", [str(huge)]), "ct_btcv")  # before: an image of shape [1, 0, 0, 0]
     assert e.value.path == str(huge)
-    air = _save(tmp_path / "air.nii.gz", R.uniform(-1000, -500, VOL).astype(np.float32))  # nothing in the CT window
+    air = write_nifti(tmp_path / "air.nii.gz", R.uniform(-1000, -500, VOL).astype(np.float32))  # nothing in the CT window
     with pytest.raises(BadInput, match=r"recipe 'ct_btcv' leaves no voxels: shape \(1, 0, 0, 0\)") as e:
         load_case(Case("air", [str(air)]), "ct_btcv")
     assert e.value.path == str(air)
@@ -846,7 +832,7 @@ def test_a_nifti_header_defect_is_refused_naming_the_file(tmp_path, name):
 
 
 def test_a_multi_member_nii_gz_is_read_as_nibabel_reads_it(tmp_path):
-    plain = _save(tmp_path / "plain.nii", _noise())
+    plain = write_nifti(tmp_path / "plain.nii", _noise())
     raw = plain.read_bytes()
     members = [gzip.compress(raw[a:b]) for a, b in ((0, 200), (200, 3000), (3000, None))]  # header split too
     multi = _write(tmp_path / "multi.nii.gz", b"".join(members))
@@ -884,23 +870,23 @@ def test_weights_that_unpack_far_beyond_their_file_are_refused_before_loading(tm
 
     import torch
 
-    from rayssl.finetune.weights import load_pretrained
-    from rayssl.models import convert
+    from rayssl.finetune.weights import load_pretrained, resolve_pretrained
+    from rayssl.models import weights_file
     from rayssl.models.unetr import UNETR
     from rayssl.train.engine import load_checkpoints_safely
 
     bomb = _deflated_weights(tmp_path / "bomb.pt", 2**26)  # 1.1 MB holding a 256 MiB tensor
     with pytest.raises(ValueError, match=rf"{bomb}: refused: its zip members unpack to 256 MiB from a 1.\d MiB file"):
-        load_pretrained(UNETR((32, 32, 32), 8, 1, 3, 48, 2, 3), str(bomb))  # before: inflated in full
+        load_pretrained(UNETR((32, 32, 32), 8, 1, 3, 48, 2, 3), resolve_pretrained(str(bomb)))  # before: inflated in full
     engine = SimpleNamespace(checkpoint_engine=SimpleNamespace())
     load_checkpoints_safely(engine)  # a checkpoint shard is no bigger than it says either
     with pytest.raises(ValueError, match="unpack to 256 MiB"):
         engine.checkpoint_engine.load(str(bomb))
     torch.save({"w": torch.zeros(2048)}, tmp_path / "plain.pt")
     assert engine.checkpoint_engine.load(str(tmp_path / "plain.pt"))["w"].shape == (2048,)
-    monkeypatch.setattr(convert, "MAX_WEIGHTS_BYTES", 4096)  # the size cap, scaled down
+    monkeypatch.setattr(weights_file, "MAX_WEIGHTS_BYTES", 4096)  # the size cap, scaled down
     with pytest.raises(ValueError, match=r"plain.pt: 9,\d+ bytes, above the 4,096 bytes a weight file may have"):
-        convert.read_state_dict(tmp_path / "plain.pt")
+        weights_file.read_state_dict(tmp_path / "plain.pt")
 
 
 # ----- sweep state: Ray Tune's pickles in a sweep directory are signed, and a resume refuses any it cannot verify
@@ -1081,11 +1067,10 @@ def test_prepare_caches_a_source_of_one_case(ray_session, tmp_path, kind):
         nifti(tmp_path / "src" / "imagesTr" / "only.nii.gz")
         spec = f"folder:{tmp_path / 'src' / 'imagesTr'}"
         if kind == "msd":
-            (tmp_path / "src" / "dataset.json").write_text(json.dumps(
-                {"modality": {"0": "CT"}, "training": [{"image": "./imagesTr/only.nii.gz"}]}))
+            write_msd(tmp_path / "src", [{"image": "./imagesTr/only.nii.gz"}])
             spec = f"msd:{tmp_path / 'src'}"
     data = DataConfig(source=spec, recipe="none", splits=["train", "val"])
-    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")))
+    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")), resolve_source(data), "none")
     manifest = read_manifest(out)
     assert manifest["splits"]["train"] == {"cases": 0, "files": 0, "listed": 0}
     assert manifest["splits"]["val"]["cases"] == 1 and manifest["quarantined"] == []

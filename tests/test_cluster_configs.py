@@ -63,11 +63,43 @@ def launcher_problems(cfg: dict) -> list[str]:
     return problems
 
 
+# What each launcher config declares: {node type: (resources, min_workers, max_workers, GPUs of its machine)}
+LAUNCHER_NODES = {
+    "aws.yaml": {"head": ({"CPU": 0}, 0, 0, 0), "gpu_8x": ({"CPU": 192, "GPU": 8}, 0, 2, 8),
+                 "gpu_1x": ({"CPU": 8, "GPU": 1}, 0, 8, 1), "cpu_16": ({"CPU": 16}, 0, 2, 0)},
+    "gcp.yaml": {"head": ({"CPU": 0}, 0, 0, 0), "gpu_8x": ({"CPU": 96, "GPU": 8}, 0, 2, 8),
+                 "gpu_1x": ({"CPU": 12, "GPU": 1}, 0, 8, 1), "cpu_16": ({"CPU": 16}, 0, 2, 0)},
+}
+AWS_GPUS = {"g5.48xlarge": 8, "g5.2xlarge": 1}  # A10Gs per instance type; the m6i types have none
+# rayssl from the checkout file_mounts ships to ~/rayssl, on the versions the suite runs (cluster/requirements.txt)
+PINNED_SETUP = ["pip install -q -r ~/rayssl/cluster/requirements.txt", "pip install -q --no-deps -e ~/rayssl"]
+
+
+def machine_gpus(node_config: dict) -> int:
+    """GPUs of a node type's machine: GCP's guestAccelerators, or AWS's instance type."""
+    if "machineType" in node_config:
+        return sum(a["acceleratorCount"] for a in node_config.get("guestAccelerators", []))
+    return AWS_GPUS.get(node_config["InstanceType"], 0)
+
+
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_yaml_validates_against_ray_schema(name):
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    validate_config(prepare_config(load(name)))
+    cfg = prepare_config(load(name))  # as `ray up` reads it: defaults merged, setup commands per node kind
+    validate_config(cfg)  # Ray's JSON schema: raises on an unknown or mistyped field
+    assert cfg["cluster_name"] == "rayssl" and cfg["provider"]["type"] == name.removesuffix(".yaml")
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] == "head" and {
+        n: (t["resources"], t["min_workers"], t["max_workers"], machine_gpus(t["node_config"])) for n, t in types.items()
+    } == LAUNCHER_NODES[name]
+    assert sum(t["max_workers"] for t in types.values()) <= cfg["max_workers"] == 12  # the cap cuts no type short
+    # the head and every worker install rayssl with the pinned requirements, from the checkout they mount
+    assert cfg["head_setup_commands"] == cfg["worker_setup_commands"] == PINNED_SETUP
+    assert cfg["file_mounts"]["~/rayssl"] == "." and cfg["initialization_commands"] == []
+    ray = importlib.metadata.version("ray")  # the image's Ray is the one pinned and tested
+    assert cfg["docker"]["image"] == f"rayproject/ray:{ray}-py311-gpu"
+    assert cfg["docker"]["head_image"] == f"rayproject/ray:{ray}-py311"
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)

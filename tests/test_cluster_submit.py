@@ -188,7 +188,7 @@ def test_submitted_pretraining_joins_the_cluster_and_exports_weights(head, tmp_p
     assert result["steps"] == 4 and result["world_size"] == 1
     weights = Path(result["weights"])
     assert weights.parent == run_dir / "export" and weights.stat().st_size > 10_000
-    from rayssl.train.checkpoint import load_export
+    from rayssl.models.weights_file import load_export
 
     state, meta = load_export(str(weights))
     assert meta["method"] == "mae" and meta["roi"] == [32, 32, 32] and state

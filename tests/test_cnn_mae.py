@@ -79,23 +79,23 @@ def test_the_sparse_encoder_passes_only_mask_tokens_where_it_is_masked(sparse):
 
 def test_a_cnn_mae_export_loads_whole_into_the_fine_tuned_unet_but_its_output_layer(tmp_path):
     from rayssl.config import PretrainConfig, build_config
-    from rayssl.finetune.weights import load_pretrained
+    from rayssl.finetune.weights import load_pretrained, resolve_pretrained
     from rayssl.pretrain.methods import build_model, export_meta, export_state
-    from rayssl.train.checkpoint import save_export
+    from rayssl.models.weights_file import save_export
 
     cfg = build_config(PretrainConfig, {"model": {"method": "cnn_mae", "size": "tiny", "sparse": True},
                                         "data": {"roi": [32, 32, 32]}})
     pre = build_model(cfg, 1)
     path, _ = save_export(export_state("cnn_mae", pre.state_dict()), export_meta(cfg, 1), tmp_path / "unet")
     seg = ResEncUNet(1, 4, **RESENC_SIZES["tiny"])
-    report = load_pretrained(seg, str(path))
+    report = load_pretrained(seg, resolve_pretrained(str(path)))
     assert report["new"] == ["head.conv.conv.weight", "head.conv.conv.bias"]
     assert all(k.startswith(("encoder.", "decoder.")) for k in report["loaded"])
     assert len(report["loaded"]) == len(seg.state_dict()) - 2
     for k in report["loaded"]:
         assert torch.equal(seg.state_dict()[k], pre.state_dict()[k])
     with pytest.raises(ValueError, match=r"features: checkpoint \[8, 16, 32, 64\], model \[16, 32, 64, 128, 256\]"):
-        load_pretrained(ResEncUNet(1, 4, **RESENC_SIZES["small"]), str(path))
+        load_pretrained(ResEncUNet(1, 4, **RESENC_SIZES["small"]), resolve_pretrained(str(path)))
 
 
 def test_cnn_mae_pretrains_on_ray_and_its_unet_fine_tunes_predicts_and_exports(ray_session, tmp_path):
@@ -112,7 +112,7 @@ def test_cnn_mae_pretrains_on_ray_and_its_unet_fine_tunes_predicts_and_exports(r
     from rayssl.finetune.driver import finetune
     from rayssl.predict.driver import predict
     from rayssl.pretrain.driver import pretrain
-    from rayssl.train.checkpoint import load_export
+    from rayssl.models.weights_file import load_export
 
     common = ["data.source=synthetic:ct:8", f"data.synthetic_dir={tmp_path / 'syn'}", "data.roi=[32,32,32]",
               "data.folds=4", "data.val_fold=0", "data.test_fold=1", f"run.storage_path={tmp_path}",

@@ -12,6 +12,8 @@ import pytest
 
 from rayssl.config import FinetuneConfig, PretrainConfig, load_config
 
+from conftest import read_metrics
+
 SPLIT = ["data.folds=4", "data.val_fold=0", "data.test_fold=1"]
 
 
@@ -62,7 +64,7 @@ def test_finetuned_dice_far_above_chance(runs):
 
 def test_validation_reported_and_best_kept(runs):
     _, _, run_dir = runs
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [5, 10]
     assert all(r["val_metric"] == r["val_dice"] for r in rows)
     best = max(rows, key=lambda r: r["val_metric"])
@@ -113,7 +115,7 @@ def test_rerun_with_same_name_resumes_from_last_checkpoint(runs):
     before = json.loads((run_dir / "result.json").read_text())
     longer = cfg.model_copy(update={"epochs": 12})
     assert Path(finetune(longer)) == run_dir
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [5, 10, 12]  # trained epochs 11-12 only
     assert rows[-1]["resumes"] == 1 and rows[-1]["step"] == 12 * rows[0]["step"] // 5
     assert rows[-1]["best_val_metric"] >= before["best_val_metric"]

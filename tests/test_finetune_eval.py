@@ -7,10 +7,10 @@ from torch import nn
 
 from rayssl.finetune.augment import RandAugment2D, SegAugment
 from rayssl.finetune.evaluate import center_crop, evaluate_classification, evaluate_segmentation, predict_volume
-from rayssl.finetune.weights import load_pretrained
+from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.models.classifier import ViTClassifier
 from rayssl.models.vit import VIT_SIZES, ViTEncoder
-from rayssl.train.checkpoint import save_export
+from rayssl.models.weights_file import save_export
 
 
 def test_seg_augment_moves_label_with_image_and_is_seeded():
@@ -58,11 +58,11 @@ def test_classifier_loads_2d_encoder_with_interpolated_pos_embed(tmp_path):
             "patch_size": 8, **VIT_SIZES["tiny"]}
     st, _ = save_export(enc.state_dict(), meta, tmp_path / "encoder")
     model = ViTClassifier(2, (64, 64), 8, 1, 14, **VIT_SIZES["tiny"])
-    report = load_pretrained(model, str(st))
+    report = load_pretrained(model, resolve_pretrained(str(st)))
     assert report["pos_embed_interpolated"] == [[4, 4], [8, 8]]
     assert sorted(report["new"]) == ["head.bias", "head.weight"]
     with pytest.raises(ValueError, match="spatial_dims: checkpoint 2, model 3"):
-        load_pretrained(ViTClassifier(3, (32, 32, 32), 8, 1, 14, **VIT_SIZES["tiny"]), str(st))
+        load_pretrained(ViTClassifier(3, (32, 32, 32), 8, 1, 14, **VIT_SIZES["tiny"]), resolve_pretrained(str(st)))
 
 
 class Threshold(nn.Module):

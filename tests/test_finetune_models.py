@@ -14,7 +14,7 @@ from rayssl.models.classifier import ViTClassifier
 from rayssl.models.genesis_unet import BatchStatNorm, GenesisUNet
 from rayssl.models.unetr import UNETR, default_hidden_blocks
 from rayssl.models.vit import VIT_SIZES, ViTEncoder, interpolate_pos_embed
-from rayssl.train.checkpoint import save_export
+from rayssl.models.weights_file import save_export
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
 
 TINY = VIT_SIZES["tiny"]  # width 192, depth 4, 3 heads
@@ -139,7 +139,7 @@ def test_all_encoder_weights_load_and_reproduce_features(tmp_path):
     enc, st = export_vit(tmp_path)
     torch.manual_seed(1)
     model = tiny_unetr()
-    report = load_pretrained(model, str(tmp_path / "run"))  # a run directory
+    report = load_pretrained(model, resolve_pretrained(str(tmp_path / "run")))  # a run directory
     assert report["source"] == str(st.resolve()) and report["method"] == "mae"
     assert report["loaded"] == sorted(f"encoder.{k}" for k in enc.state_dict())
     assert report["pos_embed_interpolated"] is None
@@ -148,14 +148,14 @@ def test_all_encoder_weights_load_and_reproduce_features(tmp_path):
     enc.eval(), model.eval()
     with torch.no_grad():
         assert torch.allclose(model.encoder(x)["tokens"], enc(x)["tokens"], atol=1e-6)
-    scratch = load_pretrained(tiny_unetr(), "none")
+    scratch = load_pretrained(tiny_unetr(), resolve_pretrained("none"))
     assert scratch["source"] is None and scratch["loaded"] == []
 
 
 def test_pos_embed_interpolated_when_roi_differs(tmp_path):
     enc, st = export_vit(tmp_path, roi=32)
     model = tiny_unetr(roi=48)
-    report = load_pretrained(model, str(st))
+    report = load_pretrained(model, resolve_pretrained(str(st)))
     assert report["pos_embed_interpolated"] == [[4, 4, 4], [6, 6, 6]]
     expected = interpolate_pos_embed(enc.pos_embed.detach(), (4, 4, 4), (6, 6, 6))
     assert torch.equal(model.encoder.pos_embed.detach(), expected)
@@ -170,20 +170,20 @@ def test_pos_embed_interpolated_when_roi_differs(tmp_path):
 def test_mismatched_encoder_is_a_clear_error(tmp_path, kwargs, message):
     _, st = export_vit(tmp_path)
     with pytest.raises(ValueError, match=message):
-        load_pretrained(tiny_unetr(**kwargs), str(st))
+        load_pretrained(tiny_unetr(**kwargs), resolve_pretrained(str(st)))
 
 
 def test_mismatched_width_and_architecture(tmp_path):
     _, st = export_vit(tmp_path, size="small")
     with pytest.raises(ValueError, match=r"embed_dim \(width\): checkpoint 384, model 192"):
-        load_pretrained(tiny_unetr(), str(st))
+        load_pretrained(tiny_unetr(), resolve_pretrained(str(st)))
     unet = GenesisUNet(1, 1, 4, "instance")
     save_export(unet.state_dict(), {"method": "genesis", "architecture": "genesis_unet", "base_channels": 4,
                                     "norm": "instance", "in_channels": 1}, tmp_path / "g" / "export" / "unet")
     with pytest.raises(ValueError, match="needs a ViT encoder"):
-        load_pretrained(tiny_unetr(), str(tmp_path / "g"))
+        load_pretrained(tiny_unetr(), resolve_pretrained(str(tmp_path / "g")))
     with pytest.raises(ValueError, match="does not exist"):
-        load_pretrained(tiny_unetr(), str(tmp_path / "nowhere.safetensors"))
+        load_pretrained(tiny_unetr(), resolve_pretrained(str(tmp_path / "nowhere.safetensors")))
 
 
 def test_tampered_checkpoint_lists_missing_and_wrong_shapes(tmp_path):
@@ -194,7 +194,7 @@ def test_tampered_checkpoint_lists_missing_and_wrong_shapes(tmp_path):
     meta = {"method": "mae", "architecture": "vit", "spatial_dims": 3, "roi": [32] * 3, "in_channels": 1, "patch_size": 8, **TINY}
     st, _ = save_export(state, meta, tmp_path / "bad" / "encoder")
     with pytest.raises(ValueError, match=r"missing in checkpoint: encoder.blocks.1.attn.qkv.weight[\s\S]*encoder.norm.weight: checkpoint \[7\]"):
-        load_pretrained(tiny_unetr(), str(st))
+        load_pretrained(tiny_unetr(), resolve_pretrained(str(st)))
 
 
 def test_genesis_unet_loads_body_and_gets_a_new_head(tmp_path):
@@ -204,11 +204,11 @@ def test_genesis_unet_loads_body_and_gets_a_new_head(tmp_path):
                                    "norm": "instance", "in_channels": 1}, tmp_path / "g" / "export" / "unet")
     torch.manual_seed(1)
     model = GenesisUNet(1, 5, 4, "instance", sigmoid=False)
-    report = load_pretrained(model, str(tmp_path / "g"))
+    report = load_pretrained(model, resolve_pretrained(str(tmp_path / "g")))
     assert sorted(report["new"]) == ["out.conv.bias", "out.conv.weight"]
     assert all(torch.equal(model.state_dict()[k], pre.state_dict()[k]) for k in report["loaded"])
     with pytest.raises(ValueError, match="base_channels: checkpoint 4, model 8"):
-        load_pretrained(GenesisUNet(1, 5, 8, "instance"), str(tmp_path / "g"))
+        load_pretrained(GenesisUNet(1, 5, 8, "instance"), resolve_pretrained(str(tmp_path / "g")))
 
 
 def test_genesis_batch_norm_uses_batch_statistics_in_eval():

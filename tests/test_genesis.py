@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rayssl.pretrain import genesis as G
-from rayssl.pretrain.genesis import GenesisCorruption
+from rayssl.pretrain import genesis_corruptions as G
+from rayssl.pretrain.genesis_corruptions import GenesisCorruption
 
 
 def gen(seed=0):

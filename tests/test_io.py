@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayssl.data.io import BadInput, open_uri, read_bytes, read_image_2d, read_label, read_nifti, read_volume
+from rayssl.data.io import BadInput, read_bytes, read_image_2d, read_label, read_nifti, read_volume
+from rayssl.storage import open_uri
+
+from conftest import write_nifti
 
 
 def _affine(spacing=(1.5, 1.5, 2.0), origin=(10.0, -20.0, 30.0)):
@@ -15,8 +18,7 @@ def _affine(spacing=(1.5, 1.5, 2.0), origin=(10.0, -20.0, 30.0)):
 
 
 def _save(path, data, affine=None):
-    nib.save(nib.Nifti1Image(np.asarray(data), _affine() if affine is None else affine), str(path))
-    return str(path)
+    return str(write_nifti(path, data, _affine() if affine is None else affine))
 
 
 @pytest.mark.parametrize("name", ["v.nii", "v.nii.gz"])

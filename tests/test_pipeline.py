@@ -10,7 +10,7 @@ import pytest
 
 from rayssl.config import DataConfig, PrepareConfig
 from rayssl.data.cache import read_manifest, read_volumes
-from rayssl.data.pipeline import QuarantineError, case_dataset, prepare, train_volumes
+from rayssl.data.pipeline import QuarantineError, case_dataset, prepare, resolve_recipe, train_volumes
 from rayssl.data.preprocess import load_case
 from rayssl.data.sources import resolve_source
 from rayssl.data.synthetic import make_ct_phantoms, make_cxr_phantoms
@@ -51,7 +51,7 @@ def _data(source, **kw):
 
 def test_prepare_roundtrip(ray_session, phantoms, tmp_path):
     data = _data(phantoms)
-    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache"), rows_per_file=1))
+    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache"), rows_per_file=1), resolve_source(data), "ct_btcv")
     manifest = read_manifest(out)
     source = resolve_source(data)
     assert manifest["format"] == "rayssl-volumes/1" and manifest["dtype"] == "float32"
@@ -72,13 +72,13 @@ def test_prepare_roundtrip(ray_session, phantoms, tmp_path):
 
     # training reads the cache when cache_dir is set: the volumes with the columns asked for
     cached = data.model_copy(update={"cache_dir": out})
-    rows = train_volumes(cached, ["image", "label"]).dataset.take_all()
+    rows = train_volumes(cached, ["image", "label"], None, "ct_btcv", manifest).dataset.take_all()
     assert {r["case_id"] for r in rows} == {c.case_id for c in source.split("train")}
     assert set(rows[0]) == {"case_id", "image", "label"}
     with pytest.raises(ValueError, match=r"preprocessed with spacing \[1.5, 1.5, 2.0\] \(config: \[1.0, 1.0, 1.0\]\)"):
-        train_volumes(cached.model_copy(update={"spacing": (1.0, 1.0, 1.0)}), ["image"])
+        train_volumes(cached.model_copy(update={"spacing": (1.0, 1.0, 1.0)}), ["image"], None, "ct_btcv", manifest)
     with pytest.raises(ValueError, match="preprocessed with recipe 'ct_btcv' \\(config: 'ct_genesis'\\)"):
-        train_volumes(cached.model_copy(update={"recipe": "ct_genesis"}), ["image"])
+        train_volumes(cached.model_copy(update={"recipe": "ct_genesis"}), ["image"], None, "ct_genesis", manifest)
 
 
 def test_train_volumes_kept_in_object_store_or_streamed(ray_session, phantoms, tmp_path):
@@ -88,8 +88,8 @@ def test_train_volumes_kept_in_object_store_or_streamed(ray_session, phantoms, t
     shutil.copytree(phantoms, root)
     data = _data(root)
     train = resolve_source(data).split("train")
-    kept = train_volumes(data, ["image"], at_once=1).kept  # one case at a time; returns before they are done
-    streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"]).dataset
+    kept = train_volumes(data, ["image"], resolve_source(data), "ct_btcv", at_once=1).kept  # one case at a time; returns before they are done
+    streamed = train_volumes(data.model_copy(update={"keep_volumes": False}), ["image"], resolve_source(data), "ct_btcv").dataset
     assert kept.counts() == [1] * len(train)
     rows = volume_stream(kept, 0, 1)  # what a training worker reads every epoch
     a = {r["case_id"]: r["image"] for r in rows()}
@@ -111,7 +111,7 @@ def test_kept_volumes_count_and_share_the_usable_cases(ray_session, tmp_path):
     data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), folds=5, val_fold=0)
     train = resolve_source(data).split("train")
     Path(train[1].image[0]).write_bytes(b"not a NIfTI file")
-    kept = train_volumes(data, ["image", "label"], at_once=1).kept
+    kept = train_volumes(data, ["image", "label"], resolve_source(data), "ct_btcv", at_once=1).kept
     plan = RunPlan(RunDir("r", str(tmp_path), str(tmp_path / "r")), len(train), 1, 1e-3, "ct_btcv", kept=kept)
     assert plan.training_cases() == len(train) - 1 == 3
     # 2 workers share the 3 usable cases equally, in the listing's order, and leave the third out
@@ -120,7 +120,7 @@ def test_kept_volumes_count_and_share_the_usable_cases(ray_session, tmp_path):
     assert {"label", "image"} <= set(next(kept.epoch_rows(0, 1)()))
     for case in train:  # each of its own content: copies would share a subject, and a split
         Path(case.image[0]).write_bytes(b"not a NIfTI file: " + case.case_id.encode())
-    nothing = train_volumes(data, ["image"]).kept  # at_once=0: waits for every case
+    nothing = train_volumes(data, ["image"], resolve_source(data), "ct_btcv").kept  # at_once=0: waits for every case
     with pytest.raises(ValueError, match=f"all {len(train)} training cases were unusable"):
         dataclasses.replace(plan, kept=nothing).training_cases()
 
@@ -128,7 +128,7 @@ def test_kept_volumes_count_and_share_the_usable_cases(ray_session, tmp_path):
 def test_case_dataset_whole_volumes(ray_session, phantoms):
     data = _data(phantoms)
     case = next(c for c in resolve_source(data).cases if c.split == "val")
-    rows = {r["case_id"]: r for r in case_dataset(data, "val").take_all()}
+    rows = {r["case_id"]: r for r in case_dataset(data, resolve_source(data), "ct_btcv", "val").take_all()}
     ref = load_case(case, "ct_btcv")
     got = rows[case.case_id]
     assert got["image"].tobytes() == ref["image"].tobytes() and got["image"].shape == ref["image"].shape
@@ -140,7 +140,7 @@ def test_case_dataset_whole_volumes(ray_session, phantoms):
 def test_quarantine_skips_bad_inputs(ray_session, bad_dataset, tmp_path, caplog):
     caplog.set_level("INFO", logger="rayssl")
     data = _data(bad_dataset)
-    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")))
+    out = prepare(PrepareConfig(data=data, out=str(tmp_path / "cache")), resolve_source(data), "ct_btcv")
     manifest = read_manifest(out)
     listed = json.loads((tmp_path / "cache" / "quarantine.json").read_text())
     assert listed == manifest["quarantined"]
@@ -160,7 +160,7 @@ def test_2d_images_carry_targets(ray_session, tmp_path):
     root = make_cxr_phantoms(tmp_path / "cxr", n=6, seed=0, size=64)
     data = DataConfig(source=f"cxr14:{root}", roi=(224, 224), splits=["train"])
     source = resolve_source(data)
-    rows = case_dataset(data, ["train", "val", "test"]).take_all()
+    rows = case_dataset(data, source, resolve_recipe(data, source), ["train", "val", "test"]).take_all()
     assert len(rows) == len(source.cases)  # one row per image, resized to 224
     targets = {c.case_id: c.target for c in source.cases}
     for r in rows:
@@ -172,7 +172,7 @@ def test_2d_images_carry_targets(ray_session, tmp_path):
 def test_strict_mode_fails_at_listing_then_names_every_bad_input(ray_session, bad_dataset, tmp_path):
     out = tmp_path / "cache"
     with pytest.raises(QuarantineError) as err:  # a listed file is missing: known before anything is read
-        prepare(PrepareConfig(data=_data(bad_dataset, strict=True), out=str(out)))
+        prepare(PrepareConfig(data=(d := _data(bad_dataset, strict=True)), out=str(out)), resolve_source(d), "ct_btcv")
     assert "1 unusable input(s)" in str(err.value) and "missing.nii.gz: file not found" in str(err.value)
     assert not out.exists()
     listed = tmp_path / "listed"
@@ -181,7 +181,7 @@ def test_strict_mode_fails_at_listing_then_names_every_bad_input(ray_session, ba
     meta["training"] = [t for t in meta["training"] if "missing" not in t["image"]]
     (listed / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(QuarantineError) as err:  # the others show only when decoded: all named at the end
-        prepare(PrepareConfig(data=_data(listed, strict=True), out=str(out)))
+        prepare(PrepareConfig(data=(d := _data(listed, strict=True)), out=str(out)), resolve_source(d), "ct_btcv")
     msg = str(err.value)
     assert "2 unusable input(s)" in msg and "trunc.nii.gz" in msg and "nan.nii.gz" in msg and "NaN" in msg
     assert not (out / "manifest.json").exists() and not (out / "train").exists()
@@ -190,8 +190,8 @@ def test_strict_mode_fails_at_listing_then_names_every_bad_input(ray_session, ba
 def test_eager_argument_errors(bad_dataset):
     # no Ray work: these fail while building the dataset
     with pytest.raises(QuarantineError, match="missing.nii.gz: file not found"):
-        case_dataset(_data(bad_dataset, strict=True))
+        case_dataset(d := _data(bad_dataset, strict=True), resolve_source(d), "ct_btcv")
     with pytest.raises(ValueError, match=r"roi \(16, 16\) has 2 axes but source .* holds 3D images"):
-        case_dataset(_data(bad_dataset).model_copy(update={"roi": (16, 16)}))
+        case_dataset(d := _data(bad_dataset).model_copy(update={"roi": (16, 16)}), s := resolve_source(d), resolve_recipe(d, s))
     with pytest.raises(ValueError, match="split must be one or more of"):
-        case_dataset(_data(bad_dataset), split="training")
+        case_dataset(d := _data(bad_dataset), resolve_source(d), "ct_btcv", split="training")

@@ -14,7 +14,10 @@ import torch
 from rayssl.config import PretrainConfig, load_config
 from rayssl.models.mae import MaskedAutoencoder
 from rayssl.models.vit import VIT_SIZES, ViTEncoder
-from rayssl.train.checkpoint import load_export, load_weights
+from rayssl.models.weights_file import load_export
+from rayssl.train.checkpoint import load_weights
+
+from conftest import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +45,6 @@ def tiny(tmp_path, synthetic_dir, name, *overrides) -> PretrainConfig:
     )
 
 
-def metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def two_worker_run(ray_session, tmp_path_factory, synthetic_dir):
     from rayssl.pretrain.driver import pretrain
@@ -57,7 +56,7 @@ def two_worker_run(ray_session, tmp_path_factory, synthetic_dir):
 
 def test_two_worker_deepspeed_loss_decreases(two_worker_run):
     cfg, run_dir = two_worker_run
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     assert {r["world_size"] for r in rows} == {2}
     # The tiny preset's target is each patch's normalised pixels (norm-pix, as SelfMedMAE), so predicting
     # the patch mean scores about 1.0 and the loss starts a little above it: a learning run falls clearly.
@@ -100,7 +99,7 @@ def test_resume_continues_at_step_also_on_fewer_workers(ray_session, tmp_path, s
     common = ("run.checkpoint_every=2", "scale.zero_stage=3")
     cfg = tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=2", "max_steps=4", *common)
     run_dir = Path(pretrain(cfg))
-    assert metrics(run_dir)[-1]["step"] == 4
+    assert read_metrics(run_dir)[-1]["step"] == 4
     # the ZeRO-3 checkpoint holds full, gathered weights (not the ranks' partitions)
     latest = max((d for d in run_dir.glob("checkpoint_*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
     weights = load_weights(latest)
@@ -111,7 +110,7 @@ def test_resume_continues_at_step_also_on_fewer_workers(ray_session, tmp_path, s
     pretrain(tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=1", "max_steps=6", *common))
     # same world size again: DeepSpeed restores the optimizer too
     pretrain(tiny(tmp_path, synthetic_dir, "resume", "scale.num_workers=1", "max_steps=8", *common))
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
     assert steps == sorted(steps) and steps[-1] == 8
     assert [r["world_size"] for r in rows if r["step"] <= 4] == [2] * len([s for s in steps if s <= 4])
@@ -155,7 +154,7 @@ def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synt
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == 24
     assert result["resumes"] >= 1
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     after = [r for r in rows if r["time"] > killed_at]
     before_kill = max(r["step"] for r in rows if r["time"] <= killed_at)
     resumed_from = after[0]["step"] - cfg.run.log_every
@@ -187,7 +186,7 @@ def test_genesis_and_2d_mae_presets_train_and_export(ray_session, tmp_path, synt
     assert result["steps"] == 4 and result["weights"].endswith(weights)
     state, meta = load_export(result["weights"])
     assert meta["method"] == cfg.model.method and meta["spatial_dims"] == len(cfg.data.roi)
-    losses = [r["loss"] for r in metrics(run_dir)]
+    losses = [r["loss"] for r in read_metrics(run_dir)]
     assert len(losses) == 4 and all(0 < v < 10 for v in losses)
 
 
@@ -201,7 +200,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_metrics_keep_each_step_once(
     shard = next((by_step[4] / "ds").glob("*model_states.pt"))
     shard.write_bytes(shard.read_bytes()[:200])  # truncated: DeepSpeed alone would fail to load it
     pretrain(tiny(tmp_path, synthetic_dir, "damaged", "max_steps=6", *common))
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 6  # each step once, though 4 was trained twice
     assert [r["resumes"] for r in rows if r["step"] > 2] == [1, 1]  # resumed from step 2, the newest intact

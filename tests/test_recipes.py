@@ -1,14 +1,15 @@
 import gzip
 
-import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
 
 from rayssl.data.io import BadInput
 from rayssl.data.preprocess import load_case, preprocess
-from rayssl.data.recipes import RECIPES
+from rayssl.config.recipes import RECIPES
 from rayssl.data.sources import Case
+
+from conftest import write_nifti
 
 
 def _affine(spacing=(1.0, 1.0, 1.0), flip_xy=False):
@@ -19,8 +20,7 @@ def _affine(spacing=(1.0, 1.0, 1.0), flip_xy=False):
 
 
 def _save(path, data, affine=None):
-    nib.save(nib.Nifti1Image(np.asarray(data), _affine() if affine is None else affine), str(path))
-    return str(path)
+    return str(write_nifti(path, data, _affine() if affine is None else affine))
 
 
 def test_config_accepts_exactly_the_recipes():
@@ -124,7 +124,7 @@ def test_mri_genesis_percentile_rescale_hand_computed():
 
 
 def test_unit_range_and_genesis_forms():
-    from rayssl.data.recipes import check_genesis_recipe, genesis_recipe, hu_to_intensity, in_unit_range
+    from rayssl.config.recipes import check_genesis_recipe, genesis_recipe, hu_to_intensity, in_unit_range
 
     assert [n for n in RECIPES if in_unit_range(n)] == ["ct_btcv", "ct_genesis", "mri_genesis", "cxr"]
     assert genesis_recipe("ct_btcv") == "ct_btcv" and genesis_recipe("ct_genesis") == "ct_genesis"

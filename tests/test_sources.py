@@ -1,10 +1,11 @@
-import json
 from collections import Counter
 
 import pytest
 
 from rayssl.config import DataConfig
 from rayssl.data.sources import CXR14_CLASSES, Case, assign_splits, resolve_source
+
+from conftest import write_msd
 
 
 def _touch(path):
@@ -22,10 +23,8 @@ def _msd(root, n=6, test=2, modality=None):
     tests = [f"./imagesTs/t_{i}.nii.gz" for i in range(test)]
     for t in tests:
         _touch(root / t)
-    meta = {"name": "X", "modality": modality or {"0": "CT"}, "labels": {"0": "background", "1": "liver"},
-            "numTraining": n, "training": training, "test": tests}  # fmt: skip
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
+    return write_msd(root, training, modality, labels={"0": "background", "1": "liver"}, name="X", numTraining=n,
+                     test=tests)
 
 
 def test_msd_listing(tmp_path):

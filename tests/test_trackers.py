@@ -1,6 +1,8 @@
 """Experiment trackers with the real libraries: MLflow SQLite store, TensorBoard event files, W&B offline files."""
 
 import json
+import struct
+import zlib
 
 import pytest
 
@@ -84,10 +86,62 @@ def test_tensorboard_event_files_read_back(tmp_path):
     assert "lr" in events.Tags()["scalars"]
 
 
-def test_wandb_writes_offline_run_files(tmp_path, monkeypatch):
+def wandb_records(run_file) -> list:
+    """The records (``wandb_internal_pb2.Record``) of a W&B offline run file, ``run-<id>.wandb``.
+
+    Read here because wandb has no Python reader for it any more: since the Go ``wandb-core`` writes and syncs
+    runs, ``wandb.sdk.internal.datastore`` is gone (0.31 has none), and offline mode writes no
+    ``wandb-summary.json`` or history file. The format: a 7-byte header (``:W&B``, magic 0xBEE1, version 0), then
+    LevelDB's log format: 32 KiB blocks of chunks, each after a 7-byte header (CRC-32 of the type byte and the
+    chunk, length, type: 1 a whole record, 2/3/4 its first/middle/last part), a block's last bytes zero padding
+    where fewer than 7 are left."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    block, header = 32768, 7
+    data = run_file.read_bytes()
+    assert data[:header] == b":W&B\xe1\xbe\x00", data[:header]
+    records, pos, parts = [], header, b""
+    while pos + header <= len(data):
+        if block - pos % block < header:
+            pos += block - pos % block
+            continue
+        crc, size, kind = struct.unpack("<IHB", data[pos:pos + header])
+        chunk = data[pos + header:pos + header + size]
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"{run_file}: bad checksum at byte {pos}"
+        parts, pos = parts + chunk, pos + header + size
+        if kind in (1, 4):
+            records.append(Record.FromString(parts))
+            parts = b""
+    assert pos == len(data) and parts == b"", f"{run_file}: a record cut short"
+    return records
+
+
+def test_wandb_offline_run_files_read_back(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
     run_dir = _run(tmp_path, "wandb")
-    record = json.loads((run_dir / "tracker.json").read_text())
-    offline = sorted((run_dir / "wandb").glob(f"offline-run-*-{record['wandb_run_id']}"))
-    assert offline, list((run_dir / "wandb").iterdir())
-    assert any(p.suffix == ".wandb" and p.stat().st_size > 0 for d in offline for p in d.iterdir())
+    run_id = json.loads((run_dir / "tracker.json").read_text())["wandb_run_id"]
+    # two offline runs of one id: the worker's, then the driver's that resumes it to add the files (its folder
+    # gets a "-1" suffix when both start in one second)
+    files = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}*/run-{run_id}.wandb"))
+    assert len(files) == 2, list((run_dir / "wandb").iterdir())
+    runs = []  # each file's records by type: {"run": [RunRecord], "history": [HistoryRecord, ...], ...}
+    for path in files:
+        runs.append({})
+        for r in wandb_records(path):
+            kind = r.WhichOneof("record_type")
+            runs[-1].setdefault(kind, []).append(getattr(r, kind))
+    worker, driver = sorted(runs, key=lambda kinds: kinds["run"][0].start_time.ToNanoseconds())
+    for kinds in (worker, driver):
+        assert [(r.run_id, r.project, r.display_name) for r in kinds["run"]] == [(run_id, "rayssl", "run")]
+        assert [e.exit_code for e in kinds["exit"]] == [0]
+    config = {c.key: json.loads(c.value_json) for c in worker["run"][0].config.update if not c.key.startswith("_")}
+    assert config == CONFIG
+    history = [{i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in h.item} for h in worker["history"]]
+    assert [(h.step.num, row["_step"], row["loss"]) for h, row in zip(worker["history"], history)] == [
+        (1, 1, 1.0), (2, 2, 0.5), (3, 3, 1 / 3)]
+    assert [sorted(k for k in row if not k.startswith("_")) for row in history] == [["loss", "lr", "world_size"]] * 3
+    assert {(row["lr"], row["world_size"]) for row in history} == {(1e-3, 1)}  # numbers only: "note" is skipped
+    assert "history" not in driver and "artifact" not in worker
+    assert [(a.name, a.type, [e.path for e in a.manifest.contents]) for a in driver["artifact"]] == [
+        ("run-files", "run-files", ["result.json"])]

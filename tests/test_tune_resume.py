@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_jsonl
+
 FAKE_TRIAL = textwrap.dedent('''
     def fake_trial(params, sweep, sweep_dir):
         """Stands in for pre-training + fine-tuning: 4 cheap validations; the 2nd trial kills the driver once."""
@@ -81,7 +83,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(ray_session, tmp_p
         board = {r["trial_id"]: r for r in csv.DictReader(f)}
     assert set(board) == set(starts)
     for tid in set(starts):
-        reports = [json.loads(line) for line in (sweep_dir / tid / "result.json").read_text().splitlines()]
+        reports = read_jsonl(sweep_dir / tid / "result.json")
         epochs = [r["epoch"] for r in reports]
         assert epochs == list(range(1, len(epochs) + 1))  # ASHA may stop a trial after a rung
         assert len(epochs) == 4 or board[tid]["status"] == "stopped"

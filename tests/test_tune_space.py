@@ -5,7 +5,7 @@ import math
 import pytest
 
 from rayssl.config import ConfigError, PretrainConfig, SweepConfig, load_config
-from rayssl.search_space import check_space
+from rayssl.config.search_space import check_space
 from rayssl.tune.space import build_search_space, default_params, trial_configs
 from rayssl.tune.sweep import asha_max_t, concurrent_trials, plan_sweep
 

@@ -10,7 +10,9 @@ from rayssl.models import VIT_SIZES, GenesisUNet, MaskedAutoencoder, ViTEncoder,
 from rayssl.models.pos_embed import sincos_pos_embed
 from rayssl.train.optim import NO_DECAY_TOKENS, param_groups
 
-TINY3D = dict(spatial_dims=3, img_size=(32, 32, 32), patch_size=8, embed_dim=48, depth=2, num_heads=3)
+from conftest import TINY_VIT
+
+TINY3D = dict(spatial_dims=3, img_size=(32, 32, 32), patch_size=8, **TINY_VIT)
 
 
 def tiny_mae(in_channels=1, **kw):

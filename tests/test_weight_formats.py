@@ -8,20 +8,20 @@ import torch
 from safetensors.torch import save_file
 
 from rayssl.config import FinetuneConfig, dump_config, load_config
-from rayssl.finetune.weights import load_pretrained
+from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.models.classifier import ViTClassifier
 from rayssl.models.genesis_unet import GenesisUNet
 from rayssl.models.mae import MaskedAutoencoder
 from rayssl.models.unetr import UNETR
 
-TINY = dict(embed_dim=48, depth=2, num_heads=3)
+from conftest import TINY_VIT
 
 
 def _timm_vit():
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=8, in_chans=1, num_classes=0, **TINY).eval()
+    return VisionTransformer(img_size=32, patch_size=8, in_chans=1, num_classes=0, **TINY_VIT).eval()
 
 
 @pytest.mark.parametrize("layout", ["mae_pth", "timm_safetensors"])
@@ -36,8 +36,8 @@ def test_timm_and_mae_vits_load_into_the_2d_encoder_with_equal_outputs(tmp_path,
     else:
         path = tmp_path / "model.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    model = ViTClassifier(2, (32, 32), 8, 1, 14, **TINY).eval()
-    report = load_pretrained(model, str(path))
+    model = ViTClassifier(2, (32, 32), 8, 1, 14, **TINY_VIT).eval()
+    report = load_pretrained(model, resolve_pretrained(str(path)))
     assert report["format"] == "timm" and not [k for k in report["new"] if k.startswith("encoder.")]
     assert report["skipped"] == (sorted(["decoder_embed.weight", "decoder_pred.weight", "mask_token"])
                                  if layout == "mae_pth" else [])
@@ -52,14 +52,14 @@ def test_monai_vit_loads_into_the_3d_encoder():
     torch.manual_seed(0)
     ref = ViT(1, (32, 32, 32), 16, hidden_size=48, mlp_dim=192, num_layers=2, num_heads=3, classification=True,
               num_classes=2, qkv_bias=False).eval()
-    model = UNETR((32, 32, 32), 16, 1, 3, **dict(TINY, depth=4), drop_path_rate=0.0)
+    model = UNETR((32, 32, 32), 16, 1, 3, **dict(TINY_VIT, depth=4), drop_path_rate=0.0)
     model.encoder.blocks = model.encoder.blocks[:2]  # the MONAI ViT's depth
     model.encoder.depth = 2
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         torch.save(ref.state_dict(), f"{d}/vit.pt")
-        report = load_pretrained(model, f"{d}/vit.pt")
+        report = load_pretrained(model, resolve_pretrained(f"{d}/vit.pt"))
     assert report["format"] == "monai_vit" and report["skipped"] == sorted(
         k for k in ref.state_dict() if k.startswith(("classification_head", "blocks.0.norm_cross", "blocks.1.norm_cross")))
     x = torch.randn(2, 1, 32, 32, 32)
@@ -83,7 +83,7 @@ def test_monai_unetr_loads_encoder_and_decoder():
 
     with tempfile.TemporaryDirectory() as d:
         save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, f"{d}/unetr.safetensors")
-        report = load_pretrained(ours, f"{d}/unetr.safetensors")
+        report = load_pretrained(ours, resolve_pretrained(f"{d}/unetr.safetensors"))
     assert report["format"] == "monai_unetr" and report["new"] == ["encoder.cls_token"]  # MONAI's ViT has none
     mine = ours.state_dict()
     assert torch.equal(mine["head.conv.conv.weight"], ref.state_dict()["out.conv.conv.weight"])
@@ -94,7 +94,7 @@ def test_monai_unetr_loads_encoder_and_decoder():
 
 def test_selfmedmae_checkpoint_loads_the_3d_mae_encoder(tmp_path):
     torch.manual_seed(0)
-    mae = MaskedAutoencoder(3, (32, 32, 32), 16, 1, **TINY, decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
+    mae = MaskedAutoencoder(3, (32, 32, 32), 16, 1, **TINY_VIT, decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
     enc = mae.encoder.eval()
     # SelfMedMAE lib/models/mae3d.py: encoder.patch_embed.proj (Conv3d), encoder.cls_token, encoder.blocks,
     # encoder.norm, the fixed encoder_pos_embed without a cls row; decoder, encoder_to_decoder, mask_token
@@ -105,9 +105,9 @@ def test_selfmedmae_checkpoint_loads_the_3d_mae_encoder(tmp_path):
              "decoder.blocks.0.norm1.weight": torch.ones(24), "decoder_pos_embed": torch.zeros(1, 8, 24)}
     torch.save({"epoch": 10000, "state_dict": {f"module.{k}": v.detach().clone() for k, v in state.items()}},
                tmp_path / "checkpoint_9999.pth.tar")
-    model = UNETR((32, 32, 32), 16, 1, 3, **dict(TINY, depth=4), drop_path_rate=0.0)
+    model = UNETR((32, 32, 32), 16, 1, 3, **dict(TINY_VIT, depth=4), drop_path_rate=0.0)
     model.encoder.blocks, model.encoder.depth = model.encoder.blocks[:2], 2
-    report = load_pretrained(model, str(tmp_path / "checkpoint_9999.pth.tar"))
+    report = load_pretrained(model, resolve_pretrained(str(tmp_path / "checkpoint_9999.pth.tar")))
     assert report["format"] == "selfmedmae" and report["method"] == "mae"
     assert set(report["skipped"]) == {"encoder_to_decoder.weight", "mask_token", "decoder.blocks.0.norm1.weight",
                                       "decoder_pos_embed"}
@@ -143,7 +143,7 @@ def test_models_genesis_released_unet_loads_into_the_genesis_unet(tmp_path):
     assert "module.up_tr256.up_conv.weight" in checkpoint["state_dict"]
     torch.save(checkpoint, tmp_path / "Genesis_Chest_CT.pt")
     model = GenesisUNet(1, 4, 32, "batch", sigmoid=False)
-    report = load_pretrained(model, str(tmp_path / "Genesis_Chest_CT.pt"))
+    report = load_pretrained(model, resolve_pretrained(str(tmp_path / "Genesis_Chest_CT.pt")))
     assert report["format"] == "genesis" and report["new"] == ["out.conv.weight", "out.conv.bias"]
     assert report["skipped"] == ["out_tr.final_conv.bias", "out_tr.final_conv.weight"]
     x = torch.rand(2, 1, 32, 32, 32)
@@ -160,7 +160,7 @@ class _Planted:
 def test_a_pickle_that_is_not_plain_tensors_is_refused(tmp_path):
     torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1)}, "hook": _Planted()}, tmp_path / "w.pth")
     with pytest.raises(ValueError, match=r"w.pth: refused: besides tensors it holds .*print"):
-        load_pretrained(ViTClassifier(2, (32, 32), 8, 1, 14, **TINY), str(tmp_path / "w.pth"))
+        load_pretrained(ViTClassifier(2, (32, 32), 8, 1, 14, **TINY_VIT), resolve_pretrained(str(tmp_path / "w.pth")))
 
 
 # ----------------------------------------------------------------------------------------------- export

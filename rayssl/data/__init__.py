@@ -11,7 +11,6 @@ _EXPORTS = {
     "Case": "sources",
     "Source": "sources",
     "resolve_source": "sources",
-    "RECIPES": "recipes",
     "load_case": "preprocess",
     "sample_patches": "patches",
     "case_rng": "patches",

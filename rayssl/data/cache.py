@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import ray.data
 
 from rayssl.data.context import dataset_context
-from rayssl.data.io import join, open_uri
+from rayssl.storage import join, open_uri
 
 MANIFEST = "manifest.json"
 VOLUME_FORMAT = "rayssl-volumes/1"
@@ -82,17 +82,18 @@ def read_manifest(path: str) -> dict:
             raise ValueError(f"{path!r}: {MANIFEST} is not valid JSON: {e}") from None
 
 
-def read_volumes(path: str, split: str = "train") -> ray.data.Dataset:
+def read_volumes(path: str, split: str = "train", manifest: dict | None = None) -> ray.data.Dataset:
     """Stream the volumes of one split from a cache written by ``prepare``.
 
     Args:
         path: the cache root, local or ``s3://`` / ``gs://``.
         split: which split's shards to read.
+        manifest: the cache's manifest when the caller read it already (a run's plan); else read here.
 
     Raises:
         ValueError: not a cache, or the split was not written.
     """
-    manifest = read_manifest(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
     available = sorted(manifest.get("splits", {}))
     if split not in available:
         raise ValueError(f"cache {path!r} has no split {split!r}; available: {', '.join(available) or 'none'}")

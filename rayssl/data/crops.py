@@ -33,7 +33,7 @@ def patches_per_case(data: DataConfig, shape: tuple[int, ...] | None = None) -> 
     if shape is not None:
         whole = tuple(shape[1:]) == tuple(data.roi)
     else:
-        whole = len(data.roi) == 2 and tuple(data.roi) == (image_size_2d(data),) * 2
+        whole = data.spatial_dims == 2 and tuple(data.roi) == (image_size_2d(data),) * 2
     return 1 if whole else data.patches_per_volume
 
 
@@ -92,7 +92,7 @@ class DeviceCrops:
         if case not in self.volumes:
             self.volumes[case] = (torch.from_numpy(np.ascontiguousarray(image)).to(self.device),
                                   None if label is None else torch.from_numpy(np.ascontiguousarray(label)).to(self.device))
-        ndim = len(self.data.roi)
+        ndim = self.data.spatial_dims
         return [{"case": case, "origin": o, "flip": flip_axes(ndim, rng, self.data.flip_prob), "target": volume.get("target")}
                 for o in origins]
 

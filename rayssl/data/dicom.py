@@ -24,7 +24,8 @@ from collections import defaultdict
 import numpy as np
 
 from rayssl.data import io as rio
-from rayssl.data.io import BadInput, special_kind
+from rayssl.data.io import BadInput
+from rayssl.storage import special_kind
 
 SPACING_TOLERANCE = 0.05
 """Largest relative difference between slice gaps of one series (5%)."""

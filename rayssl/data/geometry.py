@@ -17,6 +17,11 @@ import torch
 import torch.nn.functional as F
 
 
+# Kept over MONAI's SpatialResample / ResampleToMatch, which give the same linear values (within 4e-6) but build the
+# whole float64 sampling grid at once (peak RSS 5.3 GB against 3.5 GB here for a 512x512x300 label map), have no
+# per-channel fill (padding zeros / border / reflection only), and break nearest-neighbour ties differently: on
+# tests/test_geometry.py's oblique round trip 0.5% of the label voxels change and agreement with the file's labels
+# drops from 0.9993 to 0.9942 (run slab by slab, its anisotropic case falls below the test's 0.995).
 def to_source_grid(values: np.ndarray | torch.Tensor, affine: np.ndarray, source_affine: np.ndarray,
                    source_shape: Sequence[int], mode: str = "linear", fill: float | Sequence[float] = 0.0,
                    chunk_voxels: int = 2**24) -> np.ndarray:

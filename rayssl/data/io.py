@@ -1,7 +1,7 @@
 """Reading NIfTI volumes and 2D images from local paths or ``s3://`` / ``gs://`` / ``file://`` URIs.
 
-Everything goes through ``pyarrow.fs`` as bytes and is decoded in memory (nibabel for NIfTI, Pillow
-for PNG/JPEG), so the same code reads a laptop folder and a bucket. Every failure is a
+Everything goes through ``pyarrow.fs`` (:mod:`rayssl.storage`) as bytes and is decoded in memory (nibabel for
+NIfTI, Pillow for PNG/JPEG), so the same code reads a laptop folder and a bucket. Every failure is a
 :class:`BadInput` whose message is a short reason; callers attach the path and quarantine the input.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import posixpath
 import zlib
 
 import nibabel as nib
 import numpy as np
 import pyarrow.fs as pafs
+
+from rayssl.storage import open_uri
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -32,60 +33,6 @@ class BadInput(Exception):
         super().__init__(reason)
         self.reason = reason
         self.path = path
-
-
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
-def absolute(path: str) -> str:
-    """An absolute local path (``~`` expanded; Ray workers may run in another directory); URIs unchanged."""
-    path = str(path).strip()
-    return path if is_uri(path) or not path else os.path.abspath(os.path.expanduser(path))
-
-
-def join(root: str, *parts: str) -> str:
-    """Join path parts for a local path or a URI (``os.path.join`` would break ``s3://``)."""
-    return posixpath.join(str(root), *parts) if is_uri(root) else os.path.join(root, *parts)
-
-
-def open_uri(path: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, path inside it)`` for a local path or an ``s3://``, ``gs://``, ``file://`` URI."""
-    path = str(path)
-    if is_uri(path):
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), absolute(path)
-
-
-def is_dir(path: str) -> bool:
-    """True if ``path`` is an existing directory (local or remote)."""
-    if not is_uri(path):
-        return os.path.isdir(os.path.expanduser(path))
-    fs, p = open_uri(path)
-    return fs.get_file_info(p).type == pafs.FileType.Directory
-
-
-def exists(path: str) -> bool:
-    """True if ``path`` is an existing file (local or remote)."""
-    if not is_uri(path):
-        return os.path.isfile(os.path.expanduser(path))
-    fs, p = open_uri(path)
-    return fs.get_file_info(p).type == pafs.FileType.File
-
-
-def special_kind(path: str, mode: int | None = None) -> str | None:
-    """``"a FIFO"``, ``"a socket"``, ``"a character device"`` or ``"a block device"`` when the local ``path``
-    (or the ``st_mode`` given) is one, without opening it (opening a FIFO blocks); ``None`` otherwise."""
-    import stat
-
-    if mode is None:
-        try:
-            mode = os.stat(os.path.expanduser(path)).st_mode if not is_uri(path) else 0
-        except OSError:
-            return None
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), None)
 
 
 MAX_DECODED_BYTES = 2 * 2**30

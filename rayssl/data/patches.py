@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rayssl.config import DataConfig
-from rayssl.data.recipes import hu_to_intensity
+from rayssl.config.recipes import hu_to_intensity
 
 GENESIS_MAX_ATTEMPTS = 50
 """``genesis`` / ``tissue`` sampling: candidate crops drawn per patch before the best one found is kept
@@ -196,7 +196,7 @@ def _genesis(rng, image, n, data: DataConfig, shape, roi, threshold: float) -> l
     # len_border_z (data.genesis_margin) from the borders, rejected while the depth-weighted fraction of
     # dense voxels exceeds lung_max (data.genesis_max_fraction); after GENESIS_MAX_ATTEMPTS the crop with
     # the smallest fraction is kept (the reference instead drops the scan's missing crops)
-    margin = data.genesis_margin or (0,) * len(roi)
+    margin = data.genesis_margin or (0,) * data.spatial_dims
     ranges = [_margin_range(s, r, m) for s, r, m in zip(shape, roi, margin)]
     picked = []
     for _ in range(n):
@@ -217,10 +217,10 @@ def patch_origins(volume: dict, data: DataConfig, rng: np.random.Generator):
     padded to the ROI, the crops' origins and, for ``genesis`` / ``tissue`` sampling, their fractions (else
     ``None``). The draws are :func:`sample_patches`' own, so a crop cut elsewhere (on a GPU) is the same crop."""
     image, label = volume["image"], volume.get("label")
-    if image.ndim != len(data.roi) + 1:
+    if image.ndim != data.spatial_dims + 1:
         raise ValueError(
             f"case {volume.get('case_id')!r}: image shape {image.shape} does not match roi {data.roi} "
-            f"(expected [C, {len(data.roi)} spatial axes])"
+            f"(expected [C, {data.spatial_dims} spatial axes])"
         )
     if label is not None and label.shape != image.shape[1:]:
         raise ValueError(f"case {volume.get('case_id')!r}: label shape {label.shape} != image shape {image.shape[1:]}")
@@ -233,7 +233,7 @@ def patch_origins(volume: dict, data: DataConfig, rng: np.random.Generator):
     if data.sampling == "genesis":
         threshold = genesis_threshold(data, volume.get("recipe"))
     if shape == roi:
-        origins = [(0,) * len(roi)]
+        origins = [(0,) * data.spatial_dims]
     elif data.sampling == "grid":
         origins = grid_origins(shape, roi, data.grid_overlap)
     elif data.sampling == "classes":

@@ -32,13 +32,14 @@ import ray.data
 
 import rayssl
 from rayssl.config import DataConfig, PrepareConfig, dump_config
-from rayssl.data.cache import QUARANTINE, VOLUME_FORMAT, delete_split, read_manifest, read_volumes, write_json, write_volumes
+from rayssl.data.cache import QUARANTINE, VOLUME_FORMAT, delete_split, read_volumes, write_json, write_volumes
 from rayssl.data.context import dataset_context
 from rayssl.data.kept import KeptVolumes
-from rayssl.data.io import BadInput, absolute, is_uri, join, open_uri
+from rayssl.data.io import BadInput
 from rayssl.data.preprocess import load_case
-from rayssl.data.recipes import RECIPES
-from rayssl.data.sources import Case, QuarantineError, Source, listing_message, resolve_source
+from rayssl.config.recipes import RECIPES
+from rayssl.data.sources import Case, QuarantineError, Source, listing_message
+from rayssl.storage import absolute, is_uri, join, open_uri
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ def _splits(split: str | list[str]) -> list[str]:
 def resolve_recipe(data: DataConfig, source: Source) -> str:
     name = data.recipe or source.recipe
     recipe = RECIPES[name]
-    if len(data.roi) != source.spatial_dims:
+    if data.spatial_dims != source.spatial_dims:
         raise ValueError(
-            f"roi {tuple(data.roi)} has {len(data.roi)} axes but source {data.source!r} holds "
+            f"roi {tuple(data.roi)} has {data.spatial_dims} axes but source {data.source!r} holds "
             f"{source.spatial_dims}D images; set data.roi to {source.spatial_dims} ints"
         )
     if recipe.spatial_dims not in (0, source.spatial_dims):  # 0: any dimensionality
@@ -92,7 +93,7 @@ def resolve_recipe(data: DataConfig, source: Source) -> str:
 
 def image_size_2d(data: DataConfig) -> int:
     # 2D images are resized to a square of at least 224 (the papers' size); a smaller roi crops it
-    return max(224, *data.roi) if len(data.roi) == 2 else 224
+    return max(224, *data.roi) if data.spatial_dims == 2 else 224
 
 
 def _items(cases: list[Case]) -> list[dict]:
@@ -173,17 +174,19 @@ def _volume_row(row: dict, keep_label: bool, recipe: str, spacing, size_2d: int,
 
 def case_dataset(
     data: DataConfig,
+    source: Source,
+    recipe: str,
     split: str | list[str] = "train",
-    source: Source | None = None,
     quarantine=None,
     dtype: str = "float32",
 ) -> ray.data.Dataset:
     """Preprocessed whole volumes, one row per usable case (lazy; nothing runs until consumed).
 
     Args:
-        data: source, recipe, spacing, strict mode.
+        data: spacing, 2D size, strict mode.
+        source: the resolved source (``resolve_source(data)``).
+        recipe: the resolved recipe (``resolve_recipe(data, source)``).
         split: one split or a list of splits.
-        source: an already resolved source (default: ``resolve_source(data)``).
         quarantine: a :class:`QuarantineLog` handle that receives unusable inputs (else they are logged).
         dtype: of the ``image`` column.
 
@@ -192,11 +195,8 @@ def case_dataset(
         "target": [K] (CXR), "case_id", "split", "spacing": [3], "affine": [4, 4]}``.
 
     Raises:
-        ValueError: roi/recipe do not fit the source, or the split is empty.
-        QuarantineError: strict mode and the source lists missing files.
+        ValueError: the split is empty.
     """
-    source = source or resolve_source(data)
-    recipe = resolve_recipe(data, source)
     cases = _select(source, split, data)
     _record_missing(source, data, quarantine)
     return _volume_stream(data, source, recipe, cases, quarantine, dtype)
@@ -255,7 +255,8 @@ class TrainVolumes:
 
 
 def train_volumes(
-    data: DataConfig, columns: list[str], split: str = "train", source: Source | None = None, at_once: int = 0
+    data: DataConfig, columns: list[str], source: Source | None, recipe: str, manifest: dict | None = None,
+    split: str = "train", at_once: int = 0,
 ) -> TrainVolumes:
     """What Ray Train consumes: preprocessed whole volumes, from the cache or from the source.
 
@@ -267,23 +268,27 @@ def train_volumes(
     workers import and build their engines meanwhile), and the workers read them from the object store.
 
     Args:
-        data: the data config; with ``cache_dir`` its recipe and spacing must match the cache's manifest.
+        data: the data config; with ``cache_dir`` the cache's recipe and spacing must match it and ``recipe``.
         columns: the columns to keep besides ``case_id`` (which seeds each case's crops).
+        source: the resolved source (the run's plan; unused with ``cache_dir``).
+        recipe: the resolved recipe (the run's plan).
+        manifest: the cache's manifest, read by the run's plan (``data.cache_dir`` only).
         split: the split to read.
-        source: an already resolved source (default: ``resolve_source(data)``).
         at_once: kept volumes: how many cases preprocess at once, beside the training workers (the CPUs
             they leave free). ``0`` (the workers will hold every CPU) or ``data.strict``: every CPU
             preprocesses and this returns once every case is done.
+
+    Raises:
+        ValueError: the cache was preprocessed otherwise, or ``data.cache_dir`` is set and ``manifest`` is not.
     """
     columns = ["case_id", *[c for c in columns if c != "case_id"]]
     if data.cache_dir:
-        manifest = read_manifest(data.cache_dir)
-        cache_matches(manifest, data, data.recipe or manifest["recipe"])
-        return TrainVolumes(dataset=read_volumes(data.cache_dir, split).select_columns(columns))
+        if manifest is None:
+            raise ValueError(f"data.cache_dir={data.cache_dir!r}: pass its manifest (read_manifest) to train_volumes")
+        cache_matches(manifest, data, recipe)
+        return TrainVolumes(dataset=read_volumes(data.cache_dir, split, manifest).select_columns(columns))
     if not data.keep_volumes:
-        return TrainVolumes(dataset=case_dataset(data, split, source).select_columns(columns))
-    source = source or resolve_source(data)
-    recipe = resolve_recipe(data, source)
+        return TrainVolumes(dataset=case_dataset(data, source, recipe, split).select_columns(columns))
     cases = _select(source, split, data)
     _record_missing(source, data, None)
     keep_label = "label" in columns and all(c.label is not None for c in cases)
@@ -322,14 +327,15 @@ def _split_stats(out: str, split: str) -> dict:
     return {"cases": dataset.count_rows(), "files": len(dataset.files)}
 
 
-def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
+def prepare(cfg: PrepareConfig, source: Source, recipe: str) -> str:
     """Read and preprocess ``cfg.data.splits`` once and write the volumes as Parquet shards, with
     ``manifest.json`` and ``quarantine.json``: the cache training crops from (``data.cache_dir``).
 
     Args:
         cfg: ``data`` (what to read and how to preprocess it), ``out`` (default :func:`default_out`),
             ``rows_per_file`` (volumes per file).
-        source: ``resolve_source(cfg.data)``, when the caller resolved it already (before starting Ray).
+        source: the resolved source (``resolve_source(cfg.data)``, before starting Ray).
+        recipe: the resolved recipe (``resolve_recipe(cfg.data, source)``).
 
     Returns:
         The output folder (or URI).
@@ -345,8 +351,6 @@ def prepare(cfg: PrepareConfig, source: Source | None = None) -> str:
     out = cfg.out or default_out(data)
     if not is_uri(out):
         out = os.path.abspath(out)
-    source = source or resolve_source(data)
-    recipe = resolve_recipe(data, source)
     log = QuarantineLog.remote()
     lax = data.model_copy(update={"strict": False})  # collect every bad input first, raise after
     _record_missing(source, lax, log)

@@ -1,4 +1,4 @@
-"""``load_case``: read, validate and preprocess one case with a recipe (:mod:`rayssl.data.recipes`)."""
+"""``load_case``: read, validate and preprocess one case with a recipe (:mod:`rayssl.config.recipes`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from rayssl.data.io import MAX_DECODED_BYTES, BadInput, read_image_2d, read_label, read_volume
-from rayssl.data.recipes import Recipe, get_recipe
+from rayssl.config.recipes import Recipe, get_recipe
 from rayssl.data.sources import Case
 
 AFFINE_TOL = 1e-3  # mm (and direction cosines): image/label affines closer than this are the same grid

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +20,18 @@ from rayssl.data.crops import patches_per_case
 from rayssl.data.sources import Source
 from rayssl.data.io import write_nifti_like
 from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentation, save_overlay, write_csv
-from rayssl.finetune.loop import BEST_FILE, train_loop_per_worker
+from rayssl.finetune.loop import train_loop_per_worker
 from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, case_dicts, load_eval_cases, task_spec
 from rayssl.finetune.weights import load_pretrained, resolve_pretrained
 from rayssl.train.artifacts import RunFiles, provenance
-from rayssl.train.trackers import check_installed, track_artifacts
-from rayssl.train.checkpoint import read_safetensors
+from rayssl.train.trackers import check_installed
+from rayssl.models.weights_file import read_safetensors
 from rayssl.train.worker import steps_per_epoch
-from rayssl.train.launch import RunDir, RunPlan, check_cases_per_worker, fit, max_workers, run_dir, spare_cpus
+from rayssl.train.checkpoint import load_weights
+from rayssl.train.launch import (RunPlan, check_cases_per_worker, finish_run, fit, max_workers, open_run, run_dir,
+                                 spare_cpus)
+from rayssl.train.layout import RunDir
 from rayssl.train.optim import effective_lr
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,8 @@ class FinetunePlan(RunPlan):
     test_cases: list[dict]
     source: Source | None = None
     """The resolved source; the driver's only."""
+    manifest: dict | None = None
+    """The cache's manifest (``data.cache_dir``: the training volumes come from it); the driver's only."""
 
 
 def plan_finetune(cfg: FinetuneConfig) -> FinetunePlan:
@@ -70,12 +76,21 @@ def plan_finetune(cfg: FinetuneConfig) -> FinetunePlan:
     check_cases_per_worker(len(train), max_workers(cfg.scale), cfg.data.source)
     steps_per_epoch(len(train), patches_per_case(cfg.data), max_workers(cfg.scale), cfg.batch_size, cfg.optim.grad_accum)
     check_installed(cfg.run.tracker)
+    manifest = None
+    if cfg.data.cache_dir:
+        from rayssl.data.cache import read_manifest
+
+        manifest = read_manifest(cfg.data.cache_dir)
     pretrained = resolve_pretrained(cfg.pretrained)
-    report = load_pretrained(build_model(cfg, spec.channels, spec.num_classes), pretrained)
-    total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
+    with torch.device("meta"):  # the network's names and shapes, no weights: the workers build and load the real one
+        skeleton = build_model(cfg, spec.channels, spec.num_classes)
+    with warnings.catch_warnings():  # copying into meta tensors is a no-op PyTorch warns about tensor by tensor
+        warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
+        report = load_pretrained(skeleton, pretrained)  # checks the weights fit; the report the real network gives
+    total_batch = cfg.total_batch
     name = f"{cfg.preset or 'finetune'}-{cfg.model.arch}-{'scratch' if pretrained is None else 'pretrained'}"
     return FinetunePlan(run_dir(cfg.run, name), len(train), patches_per_case(cfg.data), effective_lr(cfg.optim, total_batch),
-                        recipe, spec, pretrained, report, case_dicts(val), case_dicts(test), source)
+                        recipe, spec, pretrained, report, case_dicts(val), case_dicts(test), source, manifest)
 
 
 def _evaluate(model, cfg: FinetuneConfig, plan: FinetunePlan, split: str, files: RunFiles, export: bool) -> dict:
@@ -89,7 +104,7 @@ def _evaluate(model, cfg: FinetuneConfig, plan: FinetunePlan, split: str, files:
     else:  # scored, and written, on each case's own grid
         keep = max(cfg.eval.save_predictions, cfg.eval.overlays) if export else 0
         res = evaluate_segmentation(model, volumes, spec.mode, spec.num_classes, spec.class_names,
-                                    cfg.eval.roi or cfg.data.roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
+                                    cfg.sw_roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
                                     hd95=cfg.eval.hd95, keep=keep, source_grid=True)
         by_id = {v["case_id"]: v for v in volumes}
         image_of = {c["case_id"]: c["image"][0] for c in cases}
@@ -97,13 +112,14 @@ def _evaluate(model, cfg: FinetuneConfig, plan: FinetunePlan, split: str, files:
         for i, (case_id, pred) in enumerate(res.pop("predictions").items()):
             vol = by_id[case_id]
             if i < cfg.eval.save_predictions:
-                write_nifti_like(pred, image_of[case_id], files.path(f"predictions/{case_id}.nii.gz"))
+                write_nifti_like(pred, image_of[case_id], files.path(f"{RunDir.PREDICTIONS}/{case_id}.nii.gz"))
             if i < cfg.eval.overlays:
                 row = next(r for r in res["rows"] if r["case_id"] == case_id)
-                save_overlay(vol["image"], vol["label"], previews[case_id], files.path(f"overlays/{case_id}.png"),
+                save_overlay(vol["image"], vol["label"], previews[case_id],
+                             files.path(f"{RunDir.OVERLAYS}/{case_id}.png"),
                              f"{case_id}: mean Dice {row['mean_dice']:.3f}",
                              spec.class_names if spec.mode == "multiclass" else ("edema", "non-enhancing", "enhancing"))
-    write_csv(res.pop("rows"), files.path(f"cases_{split}.csv"))
+    write_csv(res.pop("rows"), files.path(RunDir.CASES_CSV.format(split=split)))
     res.pop("predictions", None)
     res.pop("previews", None)
     return res
@@ -142,26 +158,27 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
 
     plan = plan or plan_finetune(cfg)
     spec, report = plan.spec, plan.load_report
-    files = RunFiles(plan.run.path)
-    files.write_json("config.json", dump_config(cfg))
-    files.write_json("plan_cases.json", {"val": plan.val_cases, "test": plan.test_cases})
+    files = open_run(cfg, plan.run)
+    files.write_json(RunDir.PLAN_CASES, {"val": plan.val_cases, "test": plan.test_cases})
     log.info("fine-tuning %s (%s, %d outputs) on %s: %d train / %d val / %d test cases, lr %.3g, pretrained %s "
              "(%d tensors loaded, %d new), run dir %s", cfg.model.arch, spec.mode, spec.num_classes, cfg.data.source,
              plan.num_cases, len(plan.val_cases), len(plan.test_cases), plan.lr, report["source"] or "none",
              len(report["loaded"]), len(report["new"]), plan.run.path)
 
-    volumes = train_volumes(cfg.data, ["image", spec.target_key], "train", plan.source, spare_cpus(cfg.scale))
-    worker_plan = dataclasses.replace(plan, source=None, load_report={}, test_cases=[], kept=volumes.kept)
+    volumes = train_volumes(cfg.data, ["image", spec.target_key], plan.source, plan.recipe, plan.manifest,
+                            at_once=spare_cpus(cfg.scale))
+    worker_plan = dataclasses.replace(plan, source=None, manifest=None, load_report={}, test_cases=[],
+                                      kept=volumes.kept)
     result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": worker_plan}, cfg.scale, cfg.data,
                        cfg.run, plan.run, volumes.dataset, callbacks)
     last = result.metrics or {}
 
     model = build_model(cfg, spec.channels, spec.num_classes)
     with result.checkpoint.as_directory() as ckpt:
-        best = Path(ckpt) / BEST_FILE
-        weights = read_safetensors(best if best.is_file() else Path(ckpt) / "model.safetensors")
+        best = Path(ckpt) / RunDir.BEST
+        weights = read_safetensors(best) if best.is_file() else load_weights(ckpt)
     model.load_state_dict(weights)
-    save_file(weights, str(files.path(BEST_FILE)))
+    save_file(weights, str(files.path(RunDir.BEST)))
     with torch.no_grad():
         val = _evaluate(model, cfg, plan, "val", files, export=False)
         test = _evaluate(model, cfg, plan, "test", files, export=True)
@@ -169,7 +186,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
         "task": {"arch": cfg.model.arch, "mode": spec.mode, "num_classes": spec.num_classes,
                  "class_names": list(spec.class_names), "source": cfg.data.source, "loss": spec.loss,
                  "channels": spec.channels, "recipe": plan.recipe, "spacing": recipe_spacing(cfg.data, plan.recipe),
-                 "roi": list(cfg.eval.roi or cfg.data.roi)},
+                 "roi": list(cfg.sw_roi)},
         "metric": spec.metric,
         "val": val, "test": test,
         "pretrained": {"source": report["source"], "method": report["method"], "loaded": len(report["loaded"]),
@@ -180,14 +197,10 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
         "checkpoint": result.checkpoint.path, "run_dir": plan.run.path, "config": dump_config(cfg),
         "provenance": provenance(),
     })
-    files.write_json("result.json", summary)
-    files.write_json("pretrained_load.json", _clean(report))
-    track_artifacts(cfg.run.tracker, files, plan.run.name, ["result.json", "config.json", "metrics.csv",
-                                                              "pretrained_load.json", BEST_FILE, "cases_val.csv",
-                                                              "cases_test.csv", *sorted(
-                                                                  p.relative_to(files.local).as_posix()
-                                                                  for p in files.local.glob("overlays/*.png"))])
-    files.sync()
+    files.write_json(RunDir.PRETRAINED_LOAD, _clean(report))
+    artifacts = [RunDir.PRETRAINED_LOAD, RunDir.BEST, *(RunDir.CASES_CSV.format(split=s) for s in ("val", "test")),
+                 *files.glob(f"{RunDir.OVERLAYS}/*.png")]
+    finish_run(files, cfg.run, plan.run, summary, artifacts)
     log.info(json.dumps({"val_" + spec.metric: summary["val"].get(spec.metric),
                          "test_" + spec.metric: summary["test"].get(spec.metric), "pretrained": report["source"] or "none"}))
     return plan.run.path
@@ -227,9 +240,9 @@ def cross_validate(cfg: FinetuneConfig, folds: tuple | None = None) -> str:
     base, folds = folds or plan_folds(cfg)
     results = []
     for k, fold, plan in folds:
-        done = Path(plan.run.path) / "result.json"
+        done = Path(plan.run.path) / RunDir.RESULT
         path = plan.run.path if done.is_file() else finetune(fold, plan=plan)
-        result = json.loads((Path(path) / "result.json").read_text())
+        result = json.loads((Path(path) / RunDir.RESULT).read_text())
         results.append({"fold": k, "run_dir": path, "model": str(Path(path)), "metric": result["metric"],
                         "val": result["val"].get(result["metric"]), "test": result["test"].get(result["metric"])})
     metric = results[0]["metric"]
@@ -240,7 +253,7 @@ def cross_validate(cfg: FinetuneConfig, folds: tuple | None = None) -> str:
                    r[split] is not None for r in results) > 1 else None for split in ("val", "test")},
                "models": ",".join(r["model"] for r in results)}
     files = RunFiles(f"{base.storage.rstrip('/')}/{base.name}")
-    files.write_json("cv_summary.json", _clean(summary))
+    files.write_json(RunDir.CV_SUMMARY, _clean(summary))
     fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [f"# Cross-validation: {cfg.model.arch}, {len(results)} folds ({metric})", "",
              "| fold | validation | test | run |", "| --- | --- | --- | --- |",
@@ -248,8 +261,8 @@ def cross_validate(cfg: FinetuneConfig, folds: tuple | None = None) -> str:
              f"| mean ± sd | {fmt(summary['val_mean'])} ± {fmt(summary['val_sd'])} | "
              f"{fmt(summary['test_mean'])} ± {fmt(summary['test_sd'])} | |", "",
              f"Ensemble: `python jobs/predict.py --model {summary['models']} --input SPEC --out DIR`"]
-    (files.path("cv_summary.md")).write_text("\n".join(lines) + "\n")
+    (files.path(RunDir.CV_SUMMARY_MD)).write_text("\n".join(lines) + "\n")
     files.sync()
     log.info("cross-validation: %s %s ± %s over %d folds; %s", metric, fmt(summary["val_mean"]), fmt(summary["val_sd"]),
-             len(results), files.uri("cv_summary.md"))
+             len(results), files.uri(RunDir.CV_SUMMARY_MD))
     return files.run_dir

@@ -11,6 +11,7 @@ from torch import nn
 
 from rayssl.finetune.labels import discretise, to_channels, to_label_map
 from rayssl.finetune.metrics import dice_hd95, multilabel_auc, nanmean
+from rayssl.viz import label_axes, pyplot, save_figure
 
 
 @torch.no_grad()
@@ -140,13 +141,8 @@ def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: s
                  class_names: list[str] | tuple[str, ...] = ()) -> Path:
     """PNG: the axial slice with most ground truth; image, ground truth and prediction overlaid, with the
     slice, the axes' directions and a legend of the classes' colours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
-
-    from rayssl.pretrain.preview import label_axes
 
     z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0))) if label.any() else label.shape[-1] // 2
     base = np.rot90(np.asarray(image)[0][:, :, z])
@@ -168,8 +164,4 @@ def save_overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, path: s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

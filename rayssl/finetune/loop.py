@@ -21,15 +21,15 @@ from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentat
 from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, build_loss, load_eval_cases
 from rayssl.finetune.weights import load_pretrained
-from rayssl.train.checkpoint import read_safetensors, resume_engine, save_checkpoint
+from rayssl.models.weights_file import read_safetensors
+from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, full_state_dict, resolve_compile
+from rayssl.train.layout import RunDir
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
 from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps,
                                  train_epochs, volume_stream)
 
 log = logging.getLogger(__name__)
-
-BEST_FILE = "best.safetensors"
 
 
 def validation_metric(model, cases: list[dict], cfg: FinetuneConfig, spec: TaskSpec, device) -> dict:
@@ -38,7 +38,7 @@ def validation_metric(model, cases: list[dict], cfg: FinetuneConfig, spec: TaskS
         res = evaluate_classification(model, cases, spec.class_names, cfg.batch_size * 4, device)
         return {"val_metric": res["mean_auc"], "val_auc": res["mean_auc"]}
     res = evaluate_segmentation(model, cases, spec.mode, spec.num_classes, spec.class_names,
-                                cfg.eval.roi or cfg.data.roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
+                                cfg.sw_roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
                                 hd95=False, device=device, source_grid=True)
     return {"val_metric": res["mean_dice"], "val_dice": res["mean_dice"]}
 
@@ -63,8 +63,8 @@ def train_loop_per_worker(config: dict) -> None:
     best: dict = {}  # rank 0: the best weights so far
 
     def read_best(ckpt_dir: Path) -> None:
-        if ctx.rank == 0 and (ckpt_dir / BEST_FILE).is_file():
-            best["weights"] = read_safetensors(ckpt_dir / BEST_FILE)
+        if ctx.rank == 0 and (ckpt_dir / RunDir.BEST).is_file():
+            best["weights"] = read_safetensors(ckpt_dir / RunDir.BEST)
 
     engine, resumed = resume_engine(
         model, param_groups(model, cfg.optim.weight_decay, cfg.model.layer_decay, NO_DECAY_TOKENS, plan.lr),
@@ -118,7 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
                      state.best_metric if state.best_metric is not None else float("nan"), state.best_epoch, eta(state.step))
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.rank == 0 and "weights" in best:
-                save_file(best["weights"], str(Path(tmp) / BEST_FILE))
+                save_file(best["weights"], str(Path(tmp) / RunDir.BEST))
             save_checkpoint(engine, tmp, state.as_dict(), ctx.rank, ctx.world)
             if ctx.files:
                 ctx.files.sync()

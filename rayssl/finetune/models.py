@@ -19,12 +19,12 @@ def build_model(cfg: FinetuneConfig, in_channels: int, out_channels: int) -> nn.
     if m.arch == "resenc_unet":
         from rayssl.models.resenc_unet import RESENC_SIZES, ResEncUNet
 
-        return ResEncUNet(in_channels, out_channels, **RESENC_SIZES[m.size], spatial_dims=len(roi))
+        return ResEncUNet(in_channels, out_channels, **RESENC_SIZES[m.size], spatial_dims=cfg.data.spatial_dims)
     if m.arch == "genesis_unet":
         from rayssl.models.genesis_unet import GenesisUNet
 
         return GenesisUNet(in_channels, out_channels, m.unet_base_channels, m.unet_norm, sigmoid=False)
     from rayssl.models.classifier import ViTClassifier
 
-    return ViTClassifier(len(roi), roi, m.patch_size, in_channels, out_channels, **VIT_SIZES[m.size],
+    return ViTClassifier(cfg.data.spatial_dims, roi, m.patch_size, in_channels, out_channels, **VIT_SIZES[m.size],
                          drop_path_rate=m.drop_path, pool=m.pool)

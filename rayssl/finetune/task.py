@@ -131,7 +131,7 @@ def load_eval_cases(cases: list[dict], cfg: FinetuneConfig, recipe: str, channel
     out = []
     for c in cases:
         vol = load_case(Case(**c), recipe, cfg.data.spacing, image_size_2d(cfg.data), channels)
-        if len(cfg.data.roi) == 2:
+        if cfg.data.spatial_dims == 2:
             vol["image"] = center_crop(vol["image"], cfg.data.roi)
         if source_labels and c.get("label"):
             from rayssl.data.io import read_label

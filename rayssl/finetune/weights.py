@@ -19,9 +19,10 @@ from torch import nn
 from rayssl.models.genesis_unet import GenesisUNet
 from rayssl.models.resenc_unet import ResEncUNet
 from rayssl.models.vit import ViTEncoder, check_grid, interpolate_pos_embed
-from rayssl.train.checkpoint import load_export
+from rayssl.models.weights_file import load_export
+from rayssl.train.layout import RunDir
 
-EXPORT_NAMES = ("encoder.safetensors", "unet.safetensors")
+EXPORT_NAMES = tuple(f"{stem}.safetensors" for stem in RunDir.EXPORT_STEMS)  # encoder first, then unet
 NATIVE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
 
@@ -37,13 +38,13 @@ def resolve_pretrained(spec: str | None) -> Path | None:
         return None
     path = Path(str(spec)).expanduser()
     if any(ch in str(path) for ch in "*?["):  # newest matching run directory with exported weights
-        runs = [p for p in path.parent.glob(path.name) if any((p / "export" / n).is_file() for n in EXPORT_NAMES)]
+        runs = [p for p in path.parent.glob(path.name) if any((p / RunDir.EXPORT / n).is_file() for n in EXPORT_NAMES)]
         if not runs:
             raise ValueError(f"pretrained={spec!r}: no pre-training run with exported weights matches "
                              "(run python jobs/pretrain.py first, or pass pretrained=none)")
         path = max(runs, key=lambda p: p.stat().st_mtime)
     if path.is_dir():
-        for folder in (path / "export", path):
+        for folder in (path / RunDir.EXPORT, path):
             for name in EXPORT_NAMES:
                 if (folder / name).is_file():
                     return (folder / name).resolve()
@@ -156,11 +157,12 @@ def _load_native(model: nn.Module, path: Path) -> dict:
     """Published weights (:mod:`rayssl.models.convert`) into ``model``: the ViT encoder (and a MONAI UNETR's
     decoder into a UNETR), or the Genesis U-Net's body; what was used, loaded and left out is reported."""
     from rayssl.models import convert
+    from rayssl.models.weights_file import FormatError, read_state_dict
 
     try:
-        state = convert.read_state_dict(path)
+        state = read_state_dict(path)
         fmt = convert.detect(state)
-    except convert.FormatError as e:
+    except FormatError as e:
         raise ValueError(str(e)) from None
     if isinstance(model, ResEncUNet):
         raise ValueError(f"pretrained weights {path} have no rayssl sidecar (.json); model.arch=resenc_unet loads "
@@ -202,23 +204,25 @@ def _load_native(model: nn.Module, path: Path) -> dict:
             "pos_embed_interpolated": interpolated, "loaded": sorted(loaded), "skipped": sorted(set(state) - used)}
 
 
-def load_pretrained(model: nn.Module, spec: str | Path | None) -> dict:
+def load_pretrained(model: nn.Module, path: Path | None) -> dict:
     """Initialise ``model`` (UNETR, ViT classifier or Genesis U-Net) from pre-trained weights.
 
     Args:
-        model: the downstream network; UNETR / classifier expose ``.encoder`` (a :class:`ViTEncoder`).
-        spec: ``none``, an exported ``.safetensors`` or a pre-training run directory; or what
-            :func:`resolve_pretrained` made of one (a ``Path``, or ``None``), used as it is.
+        model: the downstream network; UNETR / classifier expose ``.encoder`` (a :class:`ViTEncoder`). On the
+            meta device (names and shapes only) this checks the weights and reports what would load.
+        path: the weights, as :func:`resolve_pretrained` resolved them (in the run's plan); ``None``: none.
 
     Returns:
         ``{"source", "method", "loaded": [parameter names], "new": [names trained from scratch],
         "pos_embed_interpolated": [old grid, new grid] | None}`` (``source`` ``None`` for ``none``).
 
     Raises:
-        ValueError: missing file, or the checkpoint's architecture, patch size, width, depth, heads,
+        ValueError: unreadable weights, or the checkpoint's architecture, patch size, width, depth, heads,
             channels or any parameter shape differs from the model's (all differences are listed).
+        TypeError: ``path`` is a string (resolve it with :func:`resolve_pretrained` first).
     """
-    path = spec if spec is None or isinstance(spec, Path) else resolve_pretrained(spec)
+    if isinstance(path, str):
+        raise TypeError(f"load_pretrained takes a resolved path: resolve_pretrained({path!r}) first")
     names = [k for k in model.state_dict()]
     if path is None:
         return {"source": None, "method": None, "loaded": [], "new": names, "pos_embed_interpolated": None}

@@ -10,12 +10,10 @@ import torch
 from torch import nn
 
 from rayssl.config import FinetuneConfig
-from rayssl.data.recipes import RECIPES
+from rayssl.config.recipes import RECIPES
 from rayssl.finetune.task import TaskSpec
-from rayssl.train.checkpoint import read_safetensors
-
-WEIGHTS = "best.safetensors"
-RECORD = "result.json"
+from rayssl.models.weights_file import read_safetensors
+from rayssl.train.layout import RunDir
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class PredictModel:
 
     @property
     def roi(self) -> tuple[int, ...]:
-        return tuple(self.cfg.eval.roi or self.cfg.data.roi)
+        return self.cfg.sw_roi
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
         """The network with its fine-tuned weights, in eval mode on ``device``."""
@@ -56,24 +54,27 @@ def load_model(spec: str) -> PredictModel:
     """
     path = Path(spec).expanduser()
     run = path if path.is_dir() else path.parent
-    weights = path if path.is_file() else run / WEIGHTS
+    weights = path if path.is_file() else run / RunDir.BEST
     if not weights.is_file():
-        raise ValueError(f"--model {spec}: no {WEIGHTS} (expected a fine-tuning run directory or its {WEIGHTS})")
+        raise ValueError(f"--model {spec}: no {RunDir.BEST} (expected a fine-tuning run directory or its "
+                         f"{RunDir.BEST})")
     if weights.suffix != ".safetensors":
         raise ValueError(f"--model {spec}: only .safetensors weights are loaded (never pickles)")
     try:
-        record = json.loads((run / RECORD).read_text())
+        record = json.loads((run / RunDir.RESULT).read_text())
         task = record["task"]
         cfg = FinetuneConfig.model_validate(record["config"])
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"--model {spec}: {run / RECORD} is missing or not a fine-tuning record ({e})") from None
+        raise ValueError(f"--model {spec}: {run / RunDir.RESULT} is missing or not a fine-tuning record "
+                         f"({e})") from None
     recipe = task.get("recipe") or cfg.data.recipe
     if recipe not in RECIPES:
-        raise ValueError(f"--model {spec}: {run / RECORD} does not say which preprocessing recipe the model was "
+        raise ValueError(f"--model {spec}: {run / RunDir.RESULT} does not say which preprocessing recipe the model was "
                          "trained with (fine-tune it again with this rayssl)")
     channels = task.get("channels")
     if channels is None:
-        raise ValueError(f"--model {spec}: {run / RECORD} does not record the input channels (fine-tune it again)")
+        raise ValueError(f"--model {spec}: {run / RunDir.RESULT} does not record the input channels "
+                         "(fine-tune it again)")
     spacing = task.get("spacing")
     spec_ = TaskSpec(task["mode"], int(task["num_classes"]), tuple(task["class_names"]), int(channels),
                      task.get("loss") or {"multiclass": "dicece", "brats_regions": "dice", "multilabel": "bce"}[task["mode"]])

@@ -12,11 +12,14 @@ from rayssl.data.crops import patches_per_case
 from rayssl.data.sources import Source
 from rayssl.pretrain.loop import train_loop_per_worker
 from rayssl.pretrain.methods import export_meta, export_state
-from rayssl.train.artifacts import RunFiles, provenance
-from rayssl.train.trackers import check_installed, track_artifacts
-from rayssl.train.checkpoint import load_weights, save_export
+from rayssl.train.artifacts import provenance
+from rayssl.train.layout import RunDir
+from rayssl.train.trackers import check_installed
+from rayssl.models.weights_file import save_export
+from rayssl.train.checkpoint import load_weights
 from rayssl.train.worker import steps_per_epoch
-from rayssl.train.launch import RunPlan, check_cases_per_worker, fit, max_workers, run_dir, spare_cpus
+from rayssl.train.launch import (RunPlan, check_cases_per_worker, finish_run, fit, max_workers, open_run, run_dir,
+                                 spare_cpus)
 from rayssl.train.optim import effective_lr
 
 log = logging.getLogger(__name__)
@@ -30,40 +33,54 @@ class PretrainPlan(RunPlan):
     channels: int
     source: Source | None = None
     """The resolved source (``None`` for a cache or a given dataset); the driver's only."""
+    manifest: dict | None = None
+    """The cache's manifest (``data.cache_dir``); the driver's only."""
 
 
-def plan_pretrain(cfg: PretrainConfig) -> PretrainPlan:
+def plan_pretrain(cfg: PretrainConfig, dataset=None) -> PretrainPlan:
     """Resolve the source (or read the cache's manifest), the recipe, the lr and the run directory.
+
+    Args:
+        cfg: the pre-training config.
+        dataset: a Ray Dataset of preprocessed volumes to crop from instead (see :func:`pretrain`; Ray must be
+            up): its cases are counted and its first volume's shape read; the source's checks do not apply.
 
     Raises:
         ValueError: no training cases, fewer cases than workers, or Models Genesis on a recipe whose
             intensities leave [0, 1].
     """
     from rayssl.data.pipeline import resolve_recipe
-    from rayssl.data.recipes import check_genesis_recipe
+    from rayssl.config.recipes import check_genesis_recipe
 
-    source = None
-    if cfg.data.cache_dir:
-        from rayssl.data.cache import read_manifest
-
-        manifest = read_manifest(cfg.data.cache_dir)
-        num_cases, channels, recipe = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"]), manifest["recipe"]
+    source = manifest = None
+    if dataset is not None:
+        shape = dataset.take(1)[0]["image"].shape
+        num_cases, channels, recipe = dataset.count(), int(shape[0]), cfg.data.recipe
+        patches = patches_per_case(cfg.data, shape)
     else:
-        from rayssl.data.sources import resolve_source
+        if cfg.data.cache_dir:
+            from rayssl.data.cache import read_manifest
 
-        source = resolve_source(cfg.data)
-        num_cases, channels = len(source.split("train")), source.channels
-        if num_cases == 0:
-            raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
-        recipe = resolve_recipe(cfg.data, source)
-    check_cases_per_worker(num_cases, max_workers(cfg.scale), cfg.data.source)
-    steps_per_epoch(num_cases, patches_per_case(cfg.data), max_workers(cfg.scale), cfg.batch_size, cfg.optim.grad_accum)
-    check_installed(cfg.run.tracker)
-    if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
-        check_genesis_recipe(recipe)
-    total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
-    return PretrainPlan(run_dir(cfg.run, f"{cfg.preset or 'pretrain'}-{cfg.model.method}"), num_cases,
-                        patches_per_case(cfg.data), effective_lr(cfg.optim, total_batch), recipe, channels, source)
+            manifest = read_manifest(cfg.data.cache_dir)
+            num_cases, channels = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"])
+            recipe = cfg.data.recipe or manifest["recipe"]  # the pipeline checks that the cache was made with it
+        else:
+            from rayssl.data.sources import resolve_source
+
+            source = resolve_source(cfg.data)
+            num_cases, channels = len(source.split("train")), source.channels
+            if num_cases == 0:
+                raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
+            recipe = resolve_recipe(cfg.data, source)
+        patches = patches_per_case(cfg.data)
+        check_cases_per_worker(num_cases, max_workers(cfg.scale), cfg.data.source)
+        steps_per_epoch(num_cases, patches, max_workers(cfg.scale), cfg.batch_size, cfg.optim.grad_accum)
+        check_installed(cfg.run.tracker)
+        if cfg.model.method == "genesis":  # the source's own recipe, when data.recipe is unset
+            check_genesis_recipe(recipe)
+    total_batch = cfg.total_batch
+    return PretrainPlan(run_dir(cfg.run, f"{cfg.preset or 'pretrain'}-{cfg.model.method}"), num_cases, patches,
+                        effective_lr(cfg.optim, total_batch), recipe, channels, source, manifest)
 
 
 def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None) -> str:
@@ -73,41 +90,39 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
         cfg: the pre-training config.
         dataset: optional Ray Dataset of preprocessed volumes (``case_id`` and ``image`` ``[C, *spatial]``
             columns) to crop from instead of the one ``cfg.data`` describes.
-        plan: :func:`plan_pretrain` of ``cfg``, when the caller made it already (before starting Ray).
+        plan: :func:`plan_pretrain` of ``cfg`` (and ``dataset``), when the caller made it already (before
+            starting Ray).
 
     The run directory ``<run.storage_path>/<run.name>`` holds Ray Train's checkpoints,
     ``metrics.jsonl``, ``previews/*.png``, ``export/encoder.safetensors`` (+ ``.json`` sidecar) and
-    ``result.json``. Re-running with the same ``run.name`` resumes from the last checkpoint.
+    ``result.json`` (:class:`~rayssl.train.layout.RunDir`). Re-running with the same ``run.name`` resumes from
+    the last checkpoint.
     """
+    plan = plan or plan_pretrain(cfg, dataset)
     if dataset is None:
         from rayssl.data.pipeline import train_volumes
 
-        plan = plan or plan_pretrain(cfg)
         log.info("preparing %d training cases (%s)", plan.num_cases, "from the cache" if cfg.data.cache_dir else
                  "read and preprocessed once, kept in Ray's object store" if cfg.data.keep_volumes else "streamed")
-        volumes = train_volumes(cfg.data, ["image"], "train", plan.source, spare_cpus(cfg.scale))
+        volumes = train_volumes(cfg.data, ["image"], plan.source, plan.recipe, plan.manifest,
+                                at_once=spare_cpus(cfg.scale))
         ds, plan = volumes.dataset, dataclasses.replace(plan, kept=volumes.kept)
     else:
         ds = dataset.select_columns(["case_id", "image"])
-        shape = dataset.take(1)[0]["image"].shape
-        total_batch = cfg.batch_size * cfg.optim.grad_accum * max_workers(cfg.scale)
-        plan = PretrainPlan(run_dir(cfg.run, f"{cfg.preset or 'pretrain'}-{cfg.model.method}"), dataset.count(),
-                            patches_per_case(cfg.data, shape), effective_lr(cfg.optim, total_batch), cfg.data.recipe,
-                            int(shape[0]))
-    files = RunFiles(plan.run.path)
-    files.write_json("config.json", dump_config(cfg))
+    files = open_run(cfg, plan.run)
     log.info("pre-training %s (%s) on %s: %d cases x %d fresh crops/epoch, %d epochs, lr %.3g, run dir %s",
              cfg.model.method, cfg.model.size, cfg.data.source, plan.num_cases, plan.patches_per_case, cfg.epochs,
              plan.lr, plan.run.path)
-    result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": dataclasses.replace(plan, source=None)},
+    worker_plan = dataclasses.replace(plan, source=None, manifest=None)
+    result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": worker_plan},
                        cfg.scale, cfg.data, cfg.run, plan.run, ds)
     metrics = result.metrics or {}
 
     with result.checkpoint.as_directory() as ckpt:
         weights = export_state(cfg.model.method, load_weights(ckpt))
     meta = {**export_meta(cfg, plan.channels), "steps": metrics.get("step"), "final_loss": metrics.get("loss")}
-    name_out = "encoder" if cfg.model.method == "mae" else "unet"
-    weights_path, _ = save_export(weights, meta, files.path(f"export/{name_out}"))
+    stem = f"{RunDir.EXPORT}/{RunDir.export_stem(cfg.model.method)}"
+    weights_path, sidecar = save_export(weights, meta, files.path(stem))
     summary = {
         "method": cfg.model.method,
         "preset": cfg.preset,
@@ -120,16 +135,13 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
         "world_size": metrics.get("world_size"),
         "resumes": metrics.get("resumes"),
         "peak_mem_mb_max": metrics.get("peak_mem_mb_max"),
-        "weights": files.uri(f"export/{weights_path.name}"),
+        "weights": files.uri(f"{RunDir.EXPORT}/{weights_path.name}"),
         "checkpoint": result.checkpoint.path,
         "run_dir": plan.run.path,
         "provenance": provenance(),
     }
-    files.write_json("result.json", summary)
-    track_artifacts(cfg.run.tracker, files, plan.run.name, ["result.json", "config.json", "metrics.csv",
-                                                              f"export/{weights_path.name}", f"export/{name_out}.json",
-                                                              *sorted(p.relative_to(files.local).as_posix()
-                                                                      for p in files.local.glob("previews/*.png"))])
-    files.sync()
+    artifacts = [f"{RunDir.EXPORT}/{weights_path.name}", f"{RunDir.EXPORT}/{sidecar.name}",
+                 *files.glob(f"{RunDir.PREVIEWS}/*.png")]
+    finish_run(files, cfg.run, plan.run, summary, artifacts)
     log.info(json.dumps({k: summary[k] for k in ("final_loss", "steps", "samples_per_s", "weights")}))
     return plan.run.path

@@ -14,6 +14,7 @@ from rayssl.pretrain.methods import build_model, build_objective
 from rayssl.pretrain.preview import save_preview
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, ensure_cpu_accelerator, resolve_compile
+from rayssl.train.layout import RunDir
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
 from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb,
                                  steps_per_epoch, total_steps, train_epochs, volume_stream)
@@ -104,7 +105,8 @@ def train_loop_per_worker(config: dict) -> None:
                                      ctx.dtype)
         engine.module.train()
         if ctx.files:
-            save_preview(rows, ctx.files.path(f"previews/{tag}.png"), f"{cfg.model.method} {tag} loss {last_loss[0]:.4f}")
+            save_preview(rows, ctx.files.path(f"{RunDir.PREVIEWS}/{tag}.png"),
+                         f"{cfg.model.method} {tag} loss {last_loss[0]:.4f}")
 
     def after_step() -> None:
         if state.step % cfg.run.checkpoint_every == 0:

@@ -17,7 +17,7 @@ def build_model(cfg: PretrainConfig, channels: int) -> nn.Module:
         from rayssl.models.vit import VIT_SIZES
 
         return MaskedAutoencoder(
-            spatial_dims=len(roi),
+            spatial_dims=cfg.data.spatial_dims,
             img_size=roi,
             patch_size=m.patch_size,
             in_channels=channels,
@@ -31,8 +31,8 @@ def build_model(cfg: PretrainConfig, channels: int) -> nn.Module:
     if m.method == "cnn_mae":
         from rayssl.models.resenc_unet import RESENC_SIZES, ResEncUNet
 
-        return ResEncUNet(channels, channels, **RESENC_SIZES[m.size], spatial_dims=len(roi), sparse=m.sparse)
-    if len(roi) != 3:
+        return ResEncUNet(channels, channels, **RESENC_SIZES[m.size], spatial_dims=cfg.data.spatial_dims, sparse=m.sparse)
+    if cfg.data.spatial_dims != 3:
         raise ValueError(f"model.method=genesis needs a 3D data.roi, got {list(roi)}")
     from rayssl.models.genesis_unet import GenesisUNet
 
@@ -45,7 +45,7 @@ def export_meta(cfg: PretrainConfig, channels: int) -> dict:
     meta = {
         "method": m.method,
         "preset": cfg.preset,
-        "spatial_dims": len(cfg.data.roi),
+        "spatial_dims": cfg.data.spatial_dims,
         "roi": list(cfg.data.roi),
         "in_channels": channels,
         "recipe": cfg.data.recipe,

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rayssl.viz import label_axes, pyplot, save_figure
+
 
 def middle_slice(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """``[C, *spatial]`` -> 2D image of channel 0 (the middle axial slice of a volume)."""
@@ -17,17 +19,6 @@ def middle_slice(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.rot90(a)  # RAS arrays: rotate so anterior is up, like a viewer
 
 
-def label_axes(ax, z: int | None = None, depth: int | None = None) -> None:
-    """Axis names of a slice of a RAS volume shown with ``np.rot90`` (axial slice ``z`` of ``depth``): the patient's
-    right on the right of the image (neurological convention), anterior up."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel("x: patient left -> right" if depth is not None else "x", fontsize=7)  # RAS, rot90: x to the right
-    ax.set_ylabel("y: posterior -> anterior" if depth is not None else "y", fontsize=7)
-    if depth is not None:
-        ax.text(0.02, 0.98, f"axial z {z}/{depth}", transform=ax.transAxes, va="top", fontsize=7, color="yellow")
-
-
 def save_preview(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: str | Path, title: str = "") -> Path:
     """Save a grid with one row per sample and columns original / input / reconstruction.
 
@@ -36,15 +27,9 @@ def save_preview(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pa
         path: output PNG path.
         title: figure title (e.g. method, epoch and loss).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not rows:
         raise ValueError("save_preview needs at least one sample")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
         slices = [middle_slice(image) for image in images]
@@ -59,6 +44,4 @@ def save_preview(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pa
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 
-from rayssl.data.io import is_uri, open_uri
+from rayssl.storage import is_uri, open_uri
+from rayssl.train.layout import RunDir
 
-METRICS = "metrics.jsonl"
 PACKAGES = ("rayssl", "torch", "ray", "deepspeed", "monai", "timm", "numpy", "nibabel")
 
 
@@ -57,10 +57,10 @@ class RunFiles:
         self.local.mkdir(parents=True, exist_ok=True)
         if self.remote and pull_metrics:  # a resumed run appends to the metrics already uploaded
             fs, root = open_uri(self.run_dir)
-            src = f"{root.rstrip('/')}/{METRICS}"
+            src = f"{root.rstrip('/')}/{RunDir.METRICS}"
             if fs.get_file_info(src).type == pafs.FileType.File:
                 with fs.open_input_stream(src) as f:
-                    (self.local / METRICS).write_bytes(f.read())
+                    (self.local / RunDir.METRICS).write_bytes(f.read())
 
     def path(self, rel: str) -> Path:
         p = self.local / rel
@@ -70,14 +70,14 @@ class RunFiles:
     def log_metrics(self, record: dict) -> None:
         """Append ``record`` to ``metrics.jsonl`` and rewrite ``metrics.csv`` from it (keys may vary
         between rows, e.g. per-worker columns after a resume on another number of workers)."""
-        with self.path(METRICS).open("a") as f:
+        with self.path(RunDir.METRICS).open("a") as f:
             f.write(json.dumps(record) + "\n")
-        pd.read_json(self.path(METRICS), lines=True).to_csv(self.path("metrics.csv"), index=False)
+        pd.read_json(self.path(RunDir.METRICS), lines=True).to_csv(self.path(RunDir.METRICS_CSV), index=False)
 
     def keep_metrics_until(self, step: int) -> None:
         """Drop the metric lines of steps after ``step`` (a resume from the checkpoint at ``step`` logs them
         again), so ``metrics.jsonl`` holds each step once after any number of resumes."""
-        path = self.local / METRICS
+        path = self.local / RunDir.METRICS
         if not path.is_file():
             return
         lines = path.read_text().splitlines()
@@ -85,12 +85,16 @@ class RunFiles:
         if len(kept) != len(lines):
             path.write_text("".join(line + "\n" for line in kept))
             if kept:
-                pd.read_json(path, lines=True).to_csv(self.path("metrics.csv"), index=False)
+                pd.read_json(path, lines=True).to_csv(self.path(RunDir.METRICS_CSV), index=False)
 
     def write_json(self, rel: str, obj) -> Path:
         p = self.path(rel)
         p.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
         return p
+
+    def glob(self, pattern: str) -> list[str]:
+        """The files written so far that match ``pattern`` (e.g. ``previews/*.png``), as sorted relative paths."""
+        return sorted(p.relative_to(self.local).as_posix() for p in self.local.glob(pattern))
 
     def uri(self, rel: str) -> str:
         return f"{self.run_dir.rstrip('/')}/{rel}" if self.remote else str(self.local / rel)

@@ -1,4 +1,4 @@
-"""Checkpoints that survive restarts, damage and world-size changes, and the exported weights.
+"""Checkpoints that survive restarts, damage and world-size changes.
 
 A checkpoint directory holds DeepSpeed's own checkpoint (``ds/``: weights, optimizer and schedule,
 one shard per rank) plus a consolidated fp32 ``model.safetensors`` and ``train_state.json`` written
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from rayssl.models.weights_file import read_safetensors
 from rayssl.train.engine import build_engine, full_state_dict
 
 DS_TAG = "ds"
@@ -108,7 +109,7 @@ def _candidates(run_dir: str) -> list[tuple[int, str]]:
     """``(step, path)`` of the run's checkpoint directories, newest first (unreadable steps last)."""
     import pyarrow.fs as pafs
 
-    from rayssl.data.io import is_uri, open_uri
+    from rayssl.storage import is_uri, open_uri
 
     fs, root = open_uri(run_dir)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -158,20 +159,6 @@ def read_state(directory: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a rayssl checkpoint (no {STATE_FILE})")
     return json.loads(path.read_text())
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file (no unpickling).
-
-    Raises:
-        ValueError: the file is missing, truncated or not safetensors; the message names it.
-    """
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: file not found") from None
-    except Exception as e:  # safetensors raises its own error type, without the path
-        raise ValueError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from None
 
 
 def load_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -244,38 +231,3 @@ def resume_engine(
             return engine, f"{where}; optimizer restored"
         set_schedule_step(engine.lr_scheduler, state.step)
         return engine, f"{where}; weights only, now {world_size} workers"
-
-
-# --------------------------------------------------------------------------- export
-
-
-def save_export(weights: dict[str, torch.Tensor], meta: dict, path: str | Path) -> tuple[Path, Path]:
-    """Write ``<path>.safetensors`` and its JSON sidecar ``<path>.json``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in weights.items()}
-    st, sidecar = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    save_file(tensors, str(st), metadata={"method": str(meta.get("method", ""))})
-    sidecar.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    return st, sidecar
-
-
-def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read exported weights (``.safetensors``) and their sidecar; ``path`` may omit the suffix."""
-    path = Path(path)
-    st = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
-    sidecar = st.with_suffix(".json")
-    if not st.is_file():
-        raise ValueError(f"exported weights not found: {st}")
-    if not sidecar.is_file():
-        raise ValueError(f"{st}: missing its JSON sidecar {sidecar.name} (what network the weights are for)")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except ValueError as e:
-        raise ValueError(f"{sidecar}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise ValueError(f"{sidecar}: not valid JSON (nested too deeply)") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{sidecar}: expected a JSON object (what network the weights are for), got "
-                         f"{type(meta).__name__}")
-    return read_safetensors(st), meta

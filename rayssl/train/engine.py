@@ -154,7 +154,7 @@ def load_checkpoints_safely(engine) -> None:
     allowed = _deepspeed_data_types()
 
     def load(path, map_location=None):
-        from rayssl.models.convert import check_weights_file
+        from rayssl.models.weights_file import check_weights_file
 
         check_weights_file(path, limit=float("inf"))  # a zip bomb in place of a shard (its size is not capped)
         try:

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from rayssl.config import DataConfig, RunConfig, ScaleConfig
-from rayssl.data.io import is_uri
+from rayssl.config import DataConfig, RunConfig, ScaleConfig, dump_config
 from rayssl.logs import QUIET_ENV, VERBOSE_ENV, verbose
+from rayssl.storage import is_uri
+from rayssl.train.artifacts import RunFiles
+from rayssl.train.layout import RunDir
+from rayssl.train.trackers import track_artifacts
 
 if TYPE_CHECKING:
     from rayssl.data.kept import KeptVolumes
@@ -50,8 +53,7 @@ def init_ray() -> None:
 
 def max_workers(scale: ScaleConfig) -> int:
     """The number of workers, or the largest of an elastic ``[min, max]``."""
-    w = scale.num_workers
-    return w[1] if isinstance(w, tuple) else w
+    return scale.max_workers
 
 
 def spare_cpus(scale: ScaleConfig) -> int:
@@ -71,15 +73,6 @@ def check_cases_per_worker(num_cases: int, workers: int, source: str) -> None:
     if num_cases < workers:
         raise ValueError(f"data.source={source!r} has {num_cases} training case(s) but scale.num_workers asks for "
                          f"{workers} workers; each worker needs at least one case (fewer workers or more cases)")
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """Where a run lives: Ray Train's ``name`` under ``storage`` (a local absolute path or a URI), and ``path``."""
-
-    name: str
-    storage: str
-    path: str
 
 
 @dataclass(frozen=True)
@@ -111,6 +104,22 @@ def run_dir(run: RunConfig, default_name: str) -> RunDir:
     name = run.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = run.storage_path if is_uri(run.storage_path) else str(Path(run.storage_path).resolve())
     return RunDir(name, storage, f"{storage.rstrip('/')}/{name}")
+
+
+def open_run(cfg, where: RunDir) -> RunFiles:
+    """A run's first step, before :func:`fit`: its files, with ``config.json`` (``cfg``, every default filled in)."""
+    files = RunFiles(where.path)
+    files.write_json(RunDir.CONFIG, dump_config(cfg))
+    return files
+
+
+def finish_run(files: RunFiles, run: RunConfig, where: RunDir, summary: dict, artifacts: list[str]) -> None:
+    """A run's closing steps, once its weights are exported: write ``result.json`` (``summary``), hand it,
+    ``config.json``, ``metrics.csv`` and ``artifacts`` (paths in the run directory) to ``run.tracker``, and
+    upload the staged files to a remote run directory."""
+    files.write_json(RunDir.RESULT, summary)
+    track_artifacts(run.tracker, files, where.name, [RunDir.RESULT, RunDir.CONFIG, RunDir.METRICS_CSV, *artifacts])
+    files.sync()
 
 
 # --------------------------------------------------------------------------- GPUs

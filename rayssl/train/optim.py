@@ -20,6 +20,12 @@ def effective_lr(optim: OptimConfig, total_batch: int) -> float:
     return optim.lr if optim.lr is not None else optim.base_lr * total_batch / 256
 
 
+# Kept over timm.optim.param_groups_layer_decay, which gives every parameter the same lr_scale and weight decay (checked
+# on MAE, ViT, UNETR, ViT classifier and Genesis U-Net) but not the same groups: it reads layer ids only from a timm
+# model's group_matcher() (else guesses them from parameter counts), puts a UNETR's / classifier's / MAE's decoder and
+# head in one group with the encoder's final norm (one group fewer, so an optimizer state saved with today's groups
+# would not load on resume), keeps no parameter names, and warns "Layer-wise lr decay has no effect" on every
+# one-layer call (all of pre-training, the U-Nets).
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, no_decay: tuple[str, ...] = (),
                  lr: float | None = None) -> list[dict]:
     """AdamW parameter groups of the trainable parameters: rayssl's one weight-decay and layer-decay rule.

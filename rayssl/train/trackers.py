@@ -9,6 +9,14 @@ may have no internet); TensorBoard writes event files to ``tensorboard/`` in the
 libraries are optional extras (``pip install -e ".[mlflow]"``, ``.[tensorboard]``, ``.[wandb]``).
 """
 
+# Sweeps log through Ray Tune's logger callbacks (rayssl/tune/sweep.py); training keeps this Tracker because Ray
+# Train V2 (the default, RAY_TRAIN_V2_ENABLED) refuses Tune callbacks in its RunConfig ("Passing in a Ray Tune
+# callback is no longer supported", ray/train/v2/api/config.py) and ships no tracker callback of its own (only the
+# DeveloperAPI UserCallback on the controller). Ray's in-worker helpers cannot stand in either: there is none for
+# TensorBoard, setup_mlflow starts a new run on every call (a restarted worker or the driver's artifact step cannot
+# reopen it: tracker.json does that here), and setup_wandb checks the rank through Train V1's session, which V2
+# workers lack, so every worker would open a W&B run.
+
 from __future__ import annotations
 
 import json

@@ -14,6 +14,8 @@ TRIAL_FILE = "trial.json"
 FINETUNE_DIR = "finetune"
 BASELINE_DIR = "baseline"
 STORE_DIR = "pretrain_store"
+TUNE_RESULT = "result.json"
+"""Ray Tune's own file in a trial directory: one JSON line per report (a run directory's is ``RunDir.RESULT``)."""
 
 
 def store_root(store: str | None, sweep_dir: str) -> str:

@@ -13,7 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from rayssl.tune.layout import BASELINE_DIR, FINETUNE_DIR, SWEEP_FILE, TRIAL_FILE
+from rayssl.train.layout import RunDir
+from rayssl.tune.layout import BASELINE_DIR, FINETUNE_DIR, SWEEP_FILE, TRIAL_FILE, TUNE_RESULT
 
 FIXED = ("rank", "trial_id")
 TAIL = ("val_metric", "test_metric", "epochs", "status", "pretrain", "encoder", "wall_time_s", "checkpoint")
@@ -42,9 +43,9 @@ def load_trial(trial_dir: Path, searched: list[str]) -> dict | None:
     if not params_file.is_file():
         return None
     params = json.loads(params_file.read_text())
-    reports = [r for r in _json_lines(trial_dir / "result.json") if _finite(r.get("val_metric")) is not None]
+    reports = [r for r in _json_lines(trial_dir / TUNE_RESULT) if _finite(r.get("val_metric")) is not None]
     info = json.loads((trial_dir / TRIAL_FILE).read_text()) if (trial_dir / TRIAL_FILE).is_file() else {}
-    final_file = trial_dir / FINETUNE_DIR / "result.json"
+    final_file = trial_dir / FINETUNE_DIR / RunDir.RESULT
     final = json.loads(final_file.read_text()) if final_file.is_file() else None
     row = {"trial_id": trial_dir.name, **{k: params.get(k) for k in searched}}
     vals = [r["val_metric"] for r in reports]
@@ -59,7 +60,7 @@ def load_trial(trial_dir: Path, searched: list[str]) -> dict | None:
                    val_metric=_finite(final.get("best_val_metric")) or row["val_metric"],
                    epochs=final.get("epochs") or row["epochs"],
                    wall_time_s=info.get("wall_time_s") or final.get("wall_time_s"),
-                   checkpoint=str(trial_dir / FINETUNE_DIR / "best.safetensors"))
+                   checkpoint=str(trial_dir / FINETUNE_DIR / RunDir.BEST))
     else:
         status = "error" if (trial_dir / "error.txt").is_file() else ("stopped" if reports else "unfinished")
         row.update(status=status, test_metric=None,
@@ -82,7 +83,7 @@ def load_sweep(sweep_dir: str | Path) -> dict:
     searched = list(meta["searched"])
     rows = [r for d in sorted(p for p in root.iterdir() if p.is_dir()) if (r := load_trial(d, searched))]
     baseline = None
-    base_file = root / BASELINE_DIR / "result.json"
+    base_file = root / BASELINE_DIR / RunDir.RESULT
     if base_file.is_file():
         res = json.loads(base_file.read_text())
         metric = res["metric"]
@@ -91,7 +92,7 @@ def load_sweep(sweep_dir: str | Path) -> dict:
                     "val_metric": _finite(res.get("best_val_metric")) or _finite(res["val"].get(metric)),
                     "test_metric": _finite(res["test"].get(metric)), "epochs": res.get("epochs"),
                     "status": "baseline", "pretrain": "none", "wall_time_s": res.get("wall_time_s"),
-                    "checkpoint": str(root / BASELINE_DIR / "best.safetensors")}
+                    "checkpoint": str(root / BASELINE_DIR / RunDir.BEST)}
         meta["metric_name"] = metric
     names = [r["metric_name"] for r in rows if r.get("metric_name")]
     metric = meta.get("metric_name") or (names[0] if names else meta["metric"])

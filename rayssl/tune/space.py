@@ -1,6 +1,6 @@
 """Ray Tune's side of the search space: Tune domains and each trial's pre-training and fine-tuning configs.
 
-Which config field each searched name sets, and the range checks, are :mod:`rayssl.search_space`.
+Which config field each searched name sets, and the range checks, are :mod:`rayssl.config.search_space`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rayssl.config import ConfigError, FinetuneConfig, PretrainConfig, build_config, dump_config, load_config, merge, nest
-from rayssl.search_space import PARAMS
+from rayssl.config.search_space import PARAMS
 
 
 def build_search_space(space: dict) -> dict:

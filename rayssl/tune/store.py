@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from rayssl.config import PretrainConfig, dump_config
+from rayssl.train.layout import RunDir
 
 NAMESPACE = "rayssl"
 RESULT_NEUTRAL = ("run", "preset")
@@ -186,7 +187,7 @@ class PretrainStore:
                 run_cfg.run.name, run_cfg.run.storage_path = key, str(self.root)  # same name: resumes
                 started = time.perf_counter()
                 run_dir = pretrain_fn(run_cfg)
-                result = json.loads((Path(run_dir) / "result.json").read_text())
+                result = json.loads((Path(run_dir) / RunDir.RESULT).read_text())
                 entry = {"weights": result["weights"], "run_dir": str(run_dir), "config": dump_config(cfg),
                          "wall_time_s": time.perf_counter() - started, "finished": time.time()}
                 self.root.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rayssl.config import FinetuneConfig, PretrainConfig, SweepConfig, dump_config
-from rayssl.search_space import PARAMS, check_methods
+from rayssl.config.search_space import PARAMS, check_methods
 from rayssl.train.launch import init_ray, max_workers
+from rayssl.train.layout import RunDir
 from rayssl.train.trackers import Tracker, check_installed
 from rayssl.tune import seal
 from rayssl.tune.layout import BASELINE_DIR, SWEEP_FILE, store_root
@@ -231,7 +232,7 @@ def run_baseline(cfg: SweepConfig, sweep_dir: str) -> str | None:
     """Fine-tune from scratch with the preset's values of the searched parameters and the same budget."""
     from rayssl.finetune.driver import finetune
 
-    done = Path(sweep_dir) / BASELINE_DIR / "result.json"
+    done = Path(sweep_dir) / BASELINE_DIR / RunDir.RESULT
     if done.is_file():
         return str(done.parent)
     _, ft = trial_configs(cfg, {})

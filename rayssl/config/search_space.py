@@ -1,14 +1,20 @@
-"""The searchable hyper-parameters: which job and config field each name sets, its valid interval, and
-the check of a sweep's search space.
+"""The searchable hyper-parameters: which job and config field each name sets, its valid interval (read from
+that field's pydantic bounds), and the check of a sweep's search space.
 
-Below the configs (``rayssl.config`` validates ``SweepConfig.space`` with it) and imports nothing of
-rayssl; Ray Tune's side of the space (domains, trial configs) is in :mod:`rayssl.tune.space`.
+``SweepConfig`` validates its ``space`` with it; Ray Tune's side of the space (domains, trial configs) is in
+:mod:`rayssl.tune.space`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from rayssl.config.jobs import FinetuneConfig, PretrainConfig
+
+JOBS: dict[str, type[BaseModel]] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 
 @dataclass(frozen=True)
@@ -24,18 +30,36 @@ class Param:
     method: str | None = None  # pre-training method it needs, if any
 
 
+def _param(job: str, key: str, method: str | None = None) -> Param:
+    """The parameter that sets ``job``'s field ``key``, with the interval of the field's ``ge``/``gt``/``le``/``lt``."""
+    cls, *path, name = (JOBS[job], *key.split("."))
+    for part in path:
+        cls = cls.model_fields[part].annotation
+    lo, hi, lo_open, hi_open = -math.inf, math.inf, False, False
+    for m in cls.model_fields[name].metadata:
+        if getattr(m, "ge", None) is not None:
+            lo, lo_open = float(m.ge), False
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = float(m.gt), True
+        if getattr(m, "le", None) is not None:
+            hi, hi_open = float(m.le), False
+        if getattr(m, "lt", None) is not None:
+            hi, hi_open = float(m.lt), True
+    return Param(job, key, lo, hi, lo_open, hi_open, method)
+
+
 PARAMS: dict[str, Param] = {
-    "mask_ratio": Param("pretrain", "model.mask_ratio", 0.0, 1.0, True, True, method="mae"),
-    "layer_decay": Param("finetune", "model.layer_decay", 0.0, 1.0, lo_open=True),
-    "drop_path": Param("finetune", "model.drop_path", 0.0, 1.0, hi_open=True),
-    "lr": Param("finetune", "optim.lr", 0.0, math.inf, lo_open=True),
-    "weight_decay": Param("finetune", "optim.weight_decay", 0.0, math.inf),
-    "warmup_epochs": Param("finetune", "optim.warmup_epochs", 0.0, math.inf),
-    "flip_prob": Param("pretrain", "corruption.flip_prob", 0.0, 1.0, method="genesis"),
-    "shuffle_prob": Param("pretrain", "corruption.shuffle_prob", 0.0, 1.0, method="genesis"),
-    "nonlinear_prob": Param("pretrain", "corruption.nonlinear_prob", 0.0, 1.0, method="genesis"),
-    "paint_prob": Param("pretrain", "corruption.paint_prob", 0.0, 1.0, method="genesis"),
-    "inpaint_rate": Param("pretrain", "corruption.inpaint_rate", 0.0, 1.0, method="genesis"),
+    "mask_ratio": _param("pretrain", "model.mask_ratio", method="mae"),
+    "layer_decay": _param("finetune", "model.layer_decay"),
+    "drop_path": _param("finetune", "model.drop_path"),
+    "lr": _param("finetune", "optim.lr"),
+    "weight_decay": _param("finetune", "optim.weight_decay"),
+    "warmup_epochs": _param("finetune", "optim.warmup_epochs"),
+    "flip_prob": _param("pretrain", "corruption.flip_prob", method="genesis"),
+    "shuffle_prob": _param("pretrain", "corruption.shuffle_prob", method="genesis"),
+    "nonlinear_prob": _param("pretrain", "corruption.nonlinear_prob", method="genesis"),
+    "paint_prob": _param("pretrain", "corruption.paint_prob", method="genesis"),
+    "inpaint_rate": _param("pretrain", "corruption.inpaint_rate", method="genesis"),
 }
 """Every name a sweep's ``space`` may use."""
 

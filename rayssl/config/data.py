@@ -1,0 +1,114 @@
+"""``DataConfig``: where the volumes come from, how they are preprocessed and cut into patches."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rayssl.config.base import Strict
+from rayssl.config.recipes import RECIPES, get_recipe
+
+
+class DataConfig(Strict):
+    """Where the volumes come from, how they are preprocessed and cut into patches."""
+
+    source: str = "synthetic:ct:8"
+    """``synthetic:ct|mri|cxr[:N[:SEED]]``, a path (auto-detected), or ``msd:``/``folder:``/``csv:``/``cxr14:`` + path."""
+    recipe: Literal[tuple(RECIPES)] | None = None  # type: ignore[valid-type]
+    """Preprocessing recipe; ``None`` picks the source's natural one."""
+    spacing: tuple[float, ...] | None = None
+    """Target voxel spacing in mm; ``None`` keeps the recipe default."""
+    roi: tuple[int, ...] = (96, 96, 96)
+    """Patch (sub-volume) shape: 3 ints for volumes, 2 for images."""
+    patches_per_volume: int = Field(4, ge=1)
+    """New random crops of each case per epoch."""
+    sampling: Literal["random", "balanced", "classes", "genesis", "tissue", "grid"] = "random"
+    """``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
+    prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT without lungs such
+    as the synthetic abdominal phantoms (``tiny_genesis``, and ``genesis_btcv``'s self pre-training on
+    BTCV); see :func:`rayssl.data.patches.sample_patches`."""
+    pos_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """``balanced`` sampling: fraction of patches centred on a labelled voxel."""
+    air_threshold: float = 0.15
+    """``tissue`` sampling: intensity (after windowing) at or below which a voxel counts as air."""
+    min_tissue_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """``tissue`` sampling: reject crops with a smaller fraction of non-air voxels."""
+    genesis_hu: float = -150.0
+    """``genesis`` sampling: HU at or above which a voxel counts as dense (not lung), placed on the
+    [0, 1] scale by ``data.recipe``'s window (Models Genesis ``HU_thred``; ``ct_genesis``: 0.425)."""
+    genesis_threshold: float | None = None
+    """``genesis`` sampling: that threshold given directly on the intensity scale after preprocessing
+    (overrides ``genesis_hu``; needed for a recipe without an HU window)."""
+    genesis_max_fraction: float = Field(0.15, ge=0.0, le=1.0)
+    """``genesis`` sampling: reject crops whose depth-weighted fraction of dense voxels is larger
+    (Models Genesis ``lung_max``)."""
+    genesis_margin: tuple[int, ...] | None = None
+    """``genesis`` sampling: least distance in voxels of a crop from the volume's borders, per spatial
+    axis, shrunk on an axis too short for it; ``None``: none. ``genesis_chest_ct`` and ``genesis_ct``
+    use the reference's ``[100, 100, 30]`` (``len_border``, ``len_border_z``, at LUNA16's native spacing)."""
+    grid_overlap: float = Field(0.0, ge=0.0, lt=1.0)
+    """``grid`` sampling: overlap of neighbouring tiles."""
+    flip_prob: float = Field(0.0, ge=0.0, le=1.0)
+    """Flip each training crop along each spatial axis (2D: the horizontal axis) with this probability;
+    drawn anew every epoch with the crop (SelfMedMAE's 3D MAE pre-training: 0.2)."""
+    keep_volumes: bool = True
+    """Keep the preprocessed training volumes in Ray's object store for the run (preprocessed once; Ray
+    spills them to disk when the store is full). ``False`` streams them, preprocessing every epoch again.
+    Not used with ``cache_dir`` (the cache is streamed from disk every epoch)."""
+    splits: list[Literal["train", "val", "test"]] = ["train"]
+    """Which splits to emit patches for."""
+    folds: int = Field(5, ge=2)
+    """Folds of the seeded k-fold split by subject (sources without their own split lists)."""
+    val_fold: int | Literal["all"] = 0
+    """The fold that validates; ``all`` (fine-tuning): cross-validation, one run per fold (see ``finetune``)."""
+    test_fold: int | None = None
+    """Carve a labelled test split out of the training cases (for sources without one)."""
+    train_cases: int | None = Field(None, ge=1)
+    """Keep only this many training cases, a subset drawn with ``subset_seed`` (e.g. the labelled cases
+    of a label-efficiency study); the other training cases are left out of the run. ``None``: all."""
+    subset_seed: int = 0
+    """Seed of the ``train_cases`` subset."""
+    seed: int = 0
+    """Seed of the k-fold split and of every case's crops (with the case and the epoch)."""
+    strict: bool = False
+    """Turn any quarantined input into an error."""
+    channels: int | None = Field(None, ge=1)
+    """Input channels every case must have; ``None``: the source's (MSD: its ``modality`` entries; folder and
+    CSV: the most common count among the files' headers). A case with another count is quarantined."""
+    allow_outside_root: bool = False
+    """Read files a manifest (``dataset.json``, a CSV, ``Data_Entry_2017.csv``) or a symlink places outside the
+    source's folder (``..``, absolute paths, other URIs). Off: they are quarantined as ``outside the dataset
+    root`` before anything reads them."""
+    patch_dtype: Literal["float32", "float16"] = "float32"
+    """dtype of the preprocessed volumes (float16 halves memory and cache size)."""
+    cache_dir: str | None = None
+    """Preprocessed volumes written by ``prepare_data`` (Parquet); when set, training crops from them."""
+    synthetic_dir: str | None = None
+    """Where synthetic phantoms are written (default ``~/.cache/rayssl/synthetic``)."""
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 (images) or 3 (volumes): the axes of ``roi``, the 2D / 3D switch of every job."""
+        return len(self.roi)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.spatial_dims not in (2, 3) or min(self.roi) < 1:
+            raise ValueError(f"roi must be 2 or 3 positive ints, got {self.roi}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise ValueError(f"spacing must be 3 positive mm values, got {self.spacing}")
+        if self.val_fold != "all" and not 0 <= self.val_fold < self.folds:
+            raise ValueError(f"val_fold={self.val_fold} must be in 0..folds-1 (folds={self.folds}) or 'all'")
+        if self.test_fold is not None and (self.test_fold >= self.folds or self.test_fold == self.val_fold):
+            raise ValueError(f"test_fold={self.test_fold} must be < folds and differ from val_fold")
+        margin = self.genesis_margin
+        if margin is not None and (len(margin) != self.spatial_dims or min(margin) < 0):
+            raise ValueError(f"genesis_margin must be {self.spatial_dims} non-negative ints like roi, got {margin}")
+        if self.sampling == "genesis" and self.genesis_threshold is None:
+            if self.recipe is None or get_recipe(self.recipe).window is None:
+                raise ValueError(
+                    f"sampling=genesis places genesis_hu={self.genesis_hu:g} HU with data.recipe's HU window, but "
+                    f"data.recipe={self.recipe!r} has none: set data.recipe (e.g. ct_genesis) or data.genesis_threshold"
+                )
+        return self
