@@ -5,7 +5,7 @@ to the datasets built inside :func:`dataset_context` (and everything derived fro
 Ray Train) without changing the user's global context.
 
 - ``op_resource_reservation_enabled=False``: Ray Data's per-operator reservation holds the readers
-  to about one CPU on a small node (README, "Ray Data settings"). Backpressure still bounds what is in
+  to about one CPU on a small node (docs/data.md, "Ray Data settings"). Backpressure still bounds what is in
   flight by the object store budget. Setting ``RAY_DATA_ENABLE_OP_RESOURCE_RESERVATION`` in the
   environment restores Ray's choice.
 - ``use_datasource_v2=False`` for Parquet (``parquet_v1=True``): Ray 2.60's default Parquet reader adds
