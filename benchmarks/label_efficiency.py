@@ -216,10 +216,15 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def validations(metrics_file: Path) -> list[dict]:
+    """A fine-tuning run's validation reports (the ``metrics.jsonl`` lines with ``val_metric``)."""
+    lines = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    return [r for r in lines if r.get("val_metric") is not None]
+
+
 def val_flat(metrics_file: Path) -> bool:
     """Whether a fine-tuning run's validation metric never moved (validated at least twice, always the same)."""
-    values = [json.loads(line).get("val_metric") for line in metrics_file.read_text().splitlines() if line.strip()]
-    values = [v for v in values if v is not None]
+    values = [r["val_metric"] for r in validations(metrics_file)]
     return len(values) >= 2 and max(values) - min(values) < 1e-9
 
 
@@ -318,9 +323,12 @@ def main(argv=None) -> None:
         row = {"method": method, "arm": arm, "labelled": k, "seed": seed,
                "test_dice": result["test"]["mean_dice"], "val_dice": result["val"]["mean_dice"],
                "wall_s": float((out / name / "wall_s.txt").read_text()),
-               "pretrained_tensors": result["pretrained"]["loaded"], "val_flat": val_flat(out / name / "metrics.jsonl")}
+               "pretrained_tensors": result["pretrained"]["loaded"], "val_flat": val_flat(out / name / "metrics.jsonl"),
+               "val_foreground": validations(out / name / "metrics.jsonl")[-1].get("val_foreground")}
+        flat = (f"  FLAT: its validation metric never moved (last validation predicted {row['val_foreground']} of the "
+                "voxels foreground)") if row["val_flat"] else ""
         print(f"[label_efficiency] {method} {arm} k={k} seed {seed}: test Dice {row['test_dice']:.4f} "
-              f"({row['wall_s']:.0f} s){'  FLAT: its validation metric never moved' if row['val_flat'] else ''}", flush=True)
+              f"({row['wall_s']:.0f} s){flat}", flush=True)
         return row
 
     t0 = time.perf_counter()

@@ -72,6 +72,20 @@ class Threshold(nn.Module):
         return torch.cat([0.5 - x, x - 0.5], dim=1) * 10
 
 
+class Background(nn.Module):
+    """Two-class logits that say background everywhere."""
+
+    def forward(self, x):
+        return torch.cat([torch.ones_like(x), -torch.ones_like(x)], dim=1)
+
+
+class OneRegion(nn.Module):
+    """Three region logits: the first above 0.5, the others off."""
+
+    def forward(self, x):
+        return torch.cat([x - 0.5, -x - 1, -x - 1], dim=1)
+
+
 def test_sliding_window_evaluation_of_a_whole_volume():
     label = np.zeros((20, 18, 12), np.uint8)
     label[4:10, 3:9, 2:8] = 1
@@ -82,6 +96,11 @@ def test_sliding_window_evaluation_of_a_whole_volume():
     out = evaluate_segmentation(Threshold(), [vol], "multiclass", 2, ["fg"], (8, 8, 8), keep=1)
     assert out["mean_dice"] == pytest.approx(1.0) and out["hd95_fg"] == pytest.approx(0.0)
     assert np.array_equal(out["predictions"]["a"], label)
+    assert out["foreground"] == pytest.approx(216 / (20 * 18 * 12))  # the 6 x 6 x 6 block, predicted exactly
+    blank = evaluate_segmentation(Background(), [vol], "multiclass", 2, ["fg"], (8, 8, 8), hd95=False)
+    assert blank["foreground"] == 0.0 and blank["mean_dice"] == 0.0  # a collapsed model: nothing predicted
+    one_region = evaluate_segmentation(OneRegion(), [vol], "brats_regions", 3, ["tc", "wt", "et"], (8, 8, 8), hd95=False)
+    assert one_region["foreground"] == pytest.approx(216 / (20 * 18 * 12))  # regions: every channel is foreground
     assert center_crop(np.zeros((1, 10, 12)), (4, 4)).shape == (1, 4, 4)
 
 

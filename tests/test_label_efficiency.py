@@ -104,6 +104,7 @@ def test_a_run_whose_validation_never_moves_is_flagged(tmp_path):
     (tmp_path / "once.jsonl").write_text(lines(None, 0.5))
     assert bench.val_flat(tmp_path / "flat.jsonl") and not bench.val_flat(tmp_path / "moving.jsonl")
     assert not bench.val_flat(tmp_path / "once.jsonl")
+    assert [r["val_metric"] for r in bench.validations(tmp_path / "flat.jsonl")] == [0.5108, 0.5108]
 
 
 def test_a_pool_holding_a_test_case_is_refused(tmp_path):

@@ -31,6 +31,13 @@ def predict_volume(model: nn.Module, image: np.ndarray | torch.Tensor, roi, over
     return torch.as_tensor(out).as_subclass(torch.Tensor).float().cpu()
 
 
+def foreground_fraction(channels: torch.Tensor, multiclass: bool) -> float:
+    """The fraction of voxels of a one-hot ``[1, C, *spatial]`` map in any foreground channel (multiclass:
+    channel 0 is the background; regions: every channel is foreground)."""
+    fg = channels[:, 1:] if multiclass else channels
+    return float(fg.bool().any(1).float().mean()) if fg.shape[1] else 0.0
+
+
 def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_classes: int, class_names: list[str],
                           roi, overlap: float = 0.5, sw_batch_size: int = 4, hd95: bool = True,
                           device: torch.device | str = "cpu", keep: int = 0, source_grid: bool = False) -> dict:
@@ -52,7 +59,8 @@ def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_
             the file's label at the file's spacing. ``False``: on the preprocessed grid (validation).
 
     Returns:
-        ``{"rows": [per-case dicts], "mean_dice", "mean_hd95", "dice_<class>", "hd95_<class>",
+        ``{"rows": [per-case dicts], "mean_dice", "mean_hd95", "dice_<class>", "hd95_<class>", "foreground" (the
+        fraction of voxels predicted foreground),
         "predictions": {case_id: uint8 label map on the grid scored}, "previews": {case_id: label map on the
         preprocessed grid}}``.
     """
@@ -79,6 +87,7 @@ def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_
             if hd95:
                 row[f"hd95_{name}"] = float(scores["hd95"][0, k])
         row["mean_dice"] = nanmean(scores["dice"][0])
+        row["foreground"] = foreground_fraction(pred, multiclass)  # a degenerate model predicts 0 (or 1)
         if hd95:
             row["mean_hd95"] = nanmean(scores["hd95"][0])
         rows.append(row)
@@ -86,7 +95,7 @@ def evaluate_segmentation(model: nn.Module, volumes: list[dict], mode: str, num_
             predictions[vol["case_id"]] = to_label_map(pred, mode)[0].numpy()
             previews.setdefault(vol["case_id"], predictions[vol["case_id"]])
     summary = {"rows": rows, "predictions": predictions, "previews": {k: previews[k] for k in predictions}}
-    keys = [k for k in (rows[0] if rows else {}) if k.startswith(("dice_", "hd95_", "mean_"))]
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith(("dice_", "hd95_", "mean_", "foreground"))]
     for key in keys:
         summary[key] = nanmean([r[key] for r in rows])
     return summary

@@ -40,7 +40,7 @@ def validation_metric(model, cases: list[dict], cfg: FinetuneConfig, spec: TaskS
     res = evaluate_segmentation(model, cases, spec.mode, spec.num_classes, spec.class_names,
                                 cfg.sw_roi, cfg.eval.sw_overlap, cfg.eval.sw_batch_size,
                                 hd95=False, device=device, source_grid=True)
-    return {"val_metric": res["mean_dice"], "val_dice": res["mean_dice"]}
+    return {"val_metric": res["mean_dice"], "val_dice": res["mean_dice"], "val_foreground": res["foreground"]}
 
 
 def train_loop_per_worker(config: dict) -> None:
