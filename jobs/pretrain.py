@@ -3,7 +3,11 @@
     python jobs/pretrain.py [--preset NAME] [--config FILE] [key=value ...]
 
 With no arguments: the ``tiny`` preset on the embedded synthetic CT phantoms, local Ray, CPU or GPU.
-The last printed line is the run directory.
+The last printed line is the run directory. A pool of sources (docs/data.md, Pools)::
+
+    python jobs/pretrain.py --preset pool_ct
+    python jobs/pretrain.py data.source=[msd:/data/Task03_Liver,folder:/archive/ct,dicom:/pacs/export]
+    python jobs/pretrain.py data.source=pool:/data/pool.yaml
 """
 
 from rayssl.cli import before_ray, parse_job_args

@@ -24,6 +24,7 @@ _EXPORTS = {
     "Strict": "base",
     "check_divisible": "base",
     "DataConfig": "data",
+    "is_pool_spec": "data",
     "ModelConfig": "model",
     "CorruptionConfig": "model",
     "FinetuneModelConfig": "model",

@@ -9,12 +9,39 @@ from pydantic import Field, model_validator
 from rayssl.config.base import Strict
 from rayssl.config.recipes import RECIPES, get_recipe
 
+SINGLE_SOURCE_PREFIXES = ("synthetic", "msd", "folder", "csv", "cxr14", "dicom")
+"""The SPEC forms of one source (``pool:`` names a pool file)."""
+
+
+def is_pool_spec(spec: str) -> bool:
+    """Whether one SPEC names a pool file: ``pool:FILE``, or a bare path ending in ``.yaml`` / ``.yml`` (no source
+    format reads YAML, so such a path is always a pool file)."""
+    spec = spec.strip()
+    prefix, sep, _ = spec.partition(":")
+    if sep and prefix == "pool":
+        return True
+    if sep and prefix in SINGLE_SOURCE_PREFIXES:
+        return False
+    return spec.lower().endswith((".yaml", ".yml"))
+
+
+def single_source_only(data: "DataConfig", job: str) -> None:
+    """Raise ``ValueError`` naming ``data.source`` when it is a pool: ``job`` reads one source."""
+    if data.is_pool:
+        raise ValueError(f"data.source={data.source!r} is a pool of sources, and pools are for pre-training "
+                         f"(jobs/pretrain.py); {job} reads one source: give data.source one SPEC")
+
 
 class DataConfig(Strict):
     """Where the volumes come from, how they are preprocessed and cut into patches."""
 
-    source: str = "synthetic:ct:8"
-    """``synthetic:ct|mri|cxr[:N[:SEED]]``, a path (auto-detected), or ``msd:``/``folder:``/``csv:``/``cxr14:`` + path."""
+    source: str | list[str] = "synthetic:ct:8"
+    """``synthetic:ct|mri|cxr[:N[:SEED]]``, ``msd:``/``folder:``/``csv:``/``cxr14:``/``dicom:`` + path, or a path; pre-training: also a pool, ``[SPEC,SPEC,...]`` or ``pool:FILE.yaml``.
+
+    A pool (:mod:`rayssl.data.sources.pool`): a list of SPECs (on the command line
+    ``data.source=[msd:/data/Task03_Liver,folder:/archive/ct,dicom:/pacs/export]``; quote an item with a comma,
+    ``"folder:IMAGES,LABELS"``), or a pool file whose ``sources:`` entries are ``{source: SPEC, recipe, weight,
+    limit, name}``. Fine-tuning, prediction and ``prepare_data`` read one source."""
     recipe: Literal[tuple(RECIPES)] | None = None  # type: ignore[valid-type]
     """Preprocessing recipe; ``None`` picks the source's natural one."""
     spacing: tuple[float, ...] | None = None
@@ -92,8 +119,14 @@ class DataConfig(Strict):
         """2 (images) or 3 (volumes): the axes of ``roi``, the 2D / 3D switch of every job."""
         return len(self.roi)
 
+    @property
+    def is_pool(self) -> bool:
+        """Whether ``source`` is a pool of sources (a list of SPECs or a pool file), not one source."""
+        return isinstance(self.source, list) or is_pool_spec(self.source)
+
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
+        self._check_pool()
         if self.spatial_dims not in (2, 3) or min(self.roi) < 1:
             raise ValueError(f"roi must be 2 or 3 positive ints, got {self.roi}")
         if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
@@ -112,3 +145,21 @@ class DataConfig(Strict):
                     f"data.recipe={self.recipe!r} has none: set data.recipe (e.g. ct_genesis) or data.genesis_threshold"
                 )
         return self
+
+    def _check_pool(self) -> None:
+        if isinstance(self.source, list):
+            if not self.source:
+                raise ValueError("data.source=[]: a pool lists at least one SPEC")
+            for i, spec in enumerate(self.source):
+                if not spec.strip():
+                    raise ValueError(f"data.source[{i}] is empty: every item of a pool is a SPEC")
+                if is_pool_spec(spec):
+                    raise ValueError(f"data.source[{i}]={spec!r} is a pool file: a pool lists sources, not pools")
+        if not self.is_pool:
+            return
+        if self.train_cases is not None:
+            raise ValueError(f"data.train_cases={self.train_cases} draws the labelled cases of one source; in a pool, "
+                             "give a source's entry a limit (a pool file's limit: N)")
+        if self.cache_dir is not None:
+            raise ValueError(f"data.cache_dir={self.cache_dir!r} holds one source's volumes (prepare_data); a pool "
+                             "(data.source) is read from its sources: drop one of them")

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rayssl.config.base import Strict, check_divisible
-from rayssl.config.data import DataConfig
+from rayssl.config.data import DataConfig, single_source_only
 from rayssl.config.model import CorruptionConfig, FinetuneModelConfig, ModelConfig, TaskConfig, resenc_divisor
 from rayssl.config.recipes import check_genesis_recipe
 from rayssl.config.train import EvalConfig, OptimConfig, RunConfig, ScaleConfig
@@ -22,6 +22,11 @@ class PrepareConfig(Strict):
     """Output directory or ``s3://`` / ``gs://`` URI of the Parquet shards and manifest."""
     rows_per_file: int = Field(4, ge=1)
     """Preprocessed volumes per Parquet file."""
+
+    @model_validator(mode="after")
+    def _check_prepare(self) -> "PrepareConfig":
+        single_source_only(self.data, "prepare_data (its cache holds one source)")
+        return self
 
 
 class JobConfig(Strict):
@@ -94,6 +99,7 @@ class FinetuneConfig(JobConfig):
 
     @model_validator(mode="after")
     def _check_ft(self) -> "FinetuneConfig":
+        single_source_only(self.data, "fine-tuning (its test split is one source's)")
         dims = self.data.spatial_dims
         if self.model.arch in ("unetr", "genesis_unet", "resenc_unet") and dims != 3:
             raise ValueError(f"model.arch={self.model.arch} needs a 3D data.roi, got {list(self.data.roi)}")

@@ -56,15 +56,29 @@ def _dotted(key: str, value: Any, origin: str) -> dict:
     return value
 
 
+def _plain_list(raw: str) -> list[str] | str:
+    """``[a,b]`` that is not valid YAML (a path with ``{``, ``#``, ``*``...) as the list of its comma-separated
+    items, each a string; any other text unchanged."""
+    text = raw.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return raw
+    return [item.strip() for item in text[1:-1].split(",") if item.strip()]
+
+
 def parse_override(item: str) -> dict:
-    """``"data.roi=[64,64,32]"`` -> ``{"data": {"roi": [64, 64, 32]}}`` (values parsed as YAML)."""
+    """``"data.roi=[64,64,32]"`` -> ``{"data": {"roi": [64, 64, 32]}}`` (values parsed as YAML).
+
+    A list is YAML's flow sequence, so ``data.source=[msd:/data/Task03_Liver,folder:/archive/ct]`` is a list of
+    two SPECs; a bracketed value YAML cannot parse is split at its commas into strings, and text that YAML
+    cannot parse otherwise is kept as it is.
+    """
     key, sep, raw = item.partition("=")
     if not sep:
         raise ConfigError(f"override {item!r}: expected key=value with a dotted key, e.g. data.roi=[64,64,32]")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
+        value = _plain_list(raw)
     return _dotted(key, value, f"override {item!r}")
 
 

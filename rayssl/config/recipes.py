@@ -50,6 +50,12 @@ class Recipe:
         """Whether the output intensities lie in [0, 1] (clipped window, percentile rescale or 2D)."""
         return self.window is not None or self.percentiles is not None or self.histeq
 
+    @property
+    def intensity(self) -> str:
+        """The intensity scale of its output: ``[0, 1]``, ``z-scores`` or ``raw values`` (the sources of a pool
+        must share it)."""
+        return "[0, 1]" if self.unit_range else "z-scores" if self.zscore_nonzero else "raw values"
+
 
 RECIPES: dict[str, Recipe] = {
     r.name: r

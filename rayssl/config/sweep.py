@@ -42,7 +42,8 @@ class SweepConfig(Strict):
     Each trial fine-tunes ``finetune_preset`` (+ ``finetune`` overrides) from an encoder pre-trained
     with ``pretrain_preset`` (+ ``pretrain`` overrides); both override mappings take dotted keys. Unless
     ``pretrain.data.source`` is given, pre-training uses the fine-tuning data source and its folds, so
-    the encoder never sees validation or test cases (self pre-training).
+    the encoder never sees validation or test cases (self pre-training); a pool (a list of SPECs) that lists the
+    fine-tuning source takes its folds too.
     """
 
     preset: str | None = None

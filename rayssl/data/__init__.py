@@ -11,6 +11,7 @@ _EXPORTS = {
     "Case": "sources",
     "Source": "sources",
     "resolve_source": "sources",
+    "resolve_pool": "sources",
     "load_case": "preprocess",
     "sample_patches": "patches",
     "case_rng": "patches",

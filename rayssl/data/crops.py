@@ -6,7 +6,8 @@ as the papers' code does (MONAI ``RandSpatialCropSamplesd`` / ``RandCropByPosNeg
 in SelfMedMAE, a new sub-volume per draw in Models Genesis).
 
 Reproducibility: the crops (positions and flips) of a case in an epoch depend only on
-``(data.seed, case_id, epoch)`` (:func:`rayssl.data.patches.case_rng`), whichever worker gets the case.
+``(data.seed, case_id, epoch)`` (:func:`rayssl.data.patches.case_rng`; a pool's case streamed twice in an epoch
+also on the repeat, :func:`crop_rng`), whichever worker gets the case.
 Which worker gets which case, and so the order and the make-up of batches, follows Ray Data's
 streaming split and is not reproducible across runs.
 """
@@ -60,9 +61,17 @@ def flip_patch(patch: dict, rng: np.random.Generator, prob: float) -> dict:
     return patch
 
 
+def crop_rng(seed: int, volume: dict, epoch: int) -> np.random.Generator:
+    """The generator of one case's crops in one epoch (:func:`case_rng`); a volume streamed again in the same epoch
+    (``repeat`` N > 0, a pool's weights: :mod:`rayssl.data.pool_shares`) draws other crops."""
+    repeat = int(volume.get("repeat", 0))
+    case = str(volume["case_id"])
+    return case_rng(seed, f"{case}\x00repeat {repeat}" if repeat else case, epoch)
+
+
 def case_crops(volume: dict, data: DataConfig, epoch: int) -> list[dict]:
     """The crops of one case in one epoch: ``sample_patches`` then flips, all from the case's generator."""
-    rng = case_rng(data.seed, str(volume["case_id"]), epoch)
+    rng = crop_rng(data.seed, volume, epoch)
     return [flip_patch(p, rng, data.flip_prob) for p in sample_patches(volume, data, rng)]
 
 
@@ -86,8 +95,8 @@ class DeviceCrops:
 
     def plan(self, volume: dict, epoch: int) -> list[dict]:
         """One case's crops in one epoch, as ``{"case", "origin", "flip", "target"}``; sends the case once."""
-        case = str(volume["case_id"])
-        rng = case_rng(self.data.seed, case, epoch)
+        case = str(volume["case_id"])  # a repeated volume is sent once
+        rng = crop_rng(self.data.seed, volume, epoch)
         image, label, origins, _ = patch_origins(volume, self.data, rng)
         if case not in self.volumes:
             self.volumes[case] = (torch.from_numpy(np.ascontiguousarray(image)).to(self.device),

@@ -20,32 +20,46 @@ class KeptVolumes:
 
     volumes: tuple
     usable: tuple
+    items: tuple | None = None
+    """The volumes an epoch streams, ``(index of the case, repeat)`` each: a pool's weights stream some cases more
+    than once (:func:`rayssl.data.pool_shares.epoch_items`); ``None``: every case once, in the listing's order."""
 
     def counts(self) -> list[int]:
         """Each case's count, waiting for the preprocessing to finish."""
         return ray.get(list(self.usable))
 
+    def _usable_items(self) -> list[tuple[int, int]]:
+        counts = self.counts()
+        items = self.items if self.items is not None else [(i, 0) for i in range(len(self.volumes))]
+        return [(i, r) for i, r in items if counts[i]]
+
     def cases(self) -> int:
-        """The usable cases (waits for the preprocessing).
+        """The volumes an epoch streams: the usable cases, each as many times as ``items`` lists it (waits for the
+        preprocessing).
 
         Raises:
             ValueError: every case was unusable.
         """
-        usable = sum(self.counts())
-        if usable == 0:
+        usable = self._usable_items()
+        if not usable:
             raise ValueError(f"all {len(self.usable)} training cases were unusable (quarantined; see the warnings)")
-        return usable
+        return len(usable)
 
     def epoch_rows(self, rank: int, world: int) -> Callable[[], Iterator[dict]]:
-        """Worker ``rank`` of ``world``'s stream of volumes, one call per epoch, in the listing's order: every
-        ``world``-th usable case from the ``rank``-th, all workers the same number (a remainder is left out,
-        as Ray Data's equal split does)."""
+        """Worker ``rank`` of ``world``'s stream of volumes, one call per epoch, in the listing's (or ``items``')
+        order: every ``world``-th usable volume from the ``rank``-th, all workers the same number (a remainder is
+        left out, as Ray Data's equal split does). A repeat N > 0 of a case comes with ``"repeat": N``."""
         share: list = []
 
         def rows() -> Iterator[dict]:
             if not share:
-                ok = [v for v, n in zip(self.volumes, self.counts()) if n]
+                ok = self._usable_items()
                 share.extend(ok[: len(ok) // world * world][rank::world])
-            return (ray.get(ref) for ref in share)
+            return (_row(self.volumes[i], r) for i, r in share)
 
         return rows
+
+
+def _row(ref, repeat: int) -> dict:
+    row = ray.get(ref)
+    return {**row, "repeat": repeat} if repeat else row

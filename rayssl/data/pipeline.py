@@ -38,7 +38,8 @@ from rayssl.data.kept import KeptVolumes
 from rayssl.data.io import BadInput
 from rayssl.data.preprocess import load_case
 from rayssl.config.recipes import RECIPES
-from rayssl.data.sources import Case, QuarantineError, Source, listing_message
+from rayssl.data.pool_shares import check_streamable, epoch_items
+from rayssl.data.sources import POOL, Case, QuarantineError, Source, listing_message
 from rayssl.storage import absolute, is_uri, join, open_uri
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ def _splits(split: str | list[str]) -> list[str]:
 
 
 def resolve_recipe(data: DataConfig, source: Source) -> str:
-    name = data.recipe or source.recipe
+    """The run's recipe: ``data.recipe``, else the source's own; a pool's is its first source's (each of its cases
+    carries its own, :attr:`Case.recipe`)."""
+    name = source.recipe if source.kind == POOL else data.recipe or source.recipe
     recipe = RECIPES[name]
     if data.spatial_dims != source.spatial_dims:
         raise ValueError(
@@ -138,7 +141,8 @@ def label_values(source: Source, keep_label: bool) -> list[int] | None:
 
 def _load(row: dict, recipe: str, spacing, size_2d: int, channels: int, keep_label: bool, quarantine,
           strict: bool, label_values: list[int] | None = None) -> dict | None:
-    """``load_case`` on one listed case; an unusable case is recorded and gives ``None``."""
+    """``load_case`` on one listed case (with its own recipe when it has one, else ``recipe``); an unusable case is
+    recorded and gives ``None``."""
     case = Case(**json.loads(row["case"]))
     try:
         volume = load_case(case, recipe, spacing, size_2d, channels, label_values)
@@ -265,7 +269,9 @@ def train_volumes(
     preprocessed again every epoch; a cache is streamed from disk every epoch.
 
     Kept volumes are preprocessed by Ray tasks, one per case, started here; the run can start at once (its
-    workers import and build their engines meanwhile), and the workers read them from the object store.
+    workers import and build their engines meanwhile), and the workers read them from the object store. A pool
+    with weights streams some of them more than once an epoch (:mod:`rayssl.data.pool_shares`); its weights need
+    kept volumes.
 
     Args:
         data: the data config; with ``cache_dir`` the cache's recipe and spacing must match it and ``recipe``.
@@ -279,9 +285,12 @@ def train_volumes(
             preprocesses and this returns once every case is done.
 
     Raises:
-        ValueError: the cache was preprocessed otherwise, or ``data.cache_dir`` is set and ``manifest`` is not.
+        ValueError: the cache was preprocessed otherwise, or ``data.cache_dir`` is set and ``manifest`` is not; a
+            pool with weights and ``data.keep_volumes=false``.
     """
     columns = ["case_id", *[c for c in columns if c != "case_id"]]
+    if source is not None and not data.cache_dir:
+        check_streamable(data, source)
     if data.cache_dir:
         if manifest is None:
             raise ValueError(f"data.cache_dir={data.cache_dir!r}: pass its manifest (read_manifest) to train_volumes")
@@ -303,7 +312,7 @@ def train_volumes(
             item, usable[i - window] if i >= window else None, columns, kwargs)
         volumes.append(volume)
         usable.append(count)
-    kept = KeptVolumes(tuple(volumes), tuple(usable))
+    kept = KeptVolumes(tuple(volumes), tuple(usable), epoch_items(source, cases, data.seed))
     if not at_once or data.strict:  # strict: a bad input stops the run before it starts
         kept.counts()
     return TrainVolumes(kept=kept)

@@ -199,8 +199,8 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
     """Read, validate and preprocess one case.
 
     Args:
-        case: the case (paths, split, target).
-        recipe: a name in :data:`RECIPES`.
+        case: the case (paths, split, target; its own ``recipe`` when it has one, a pool's case).
+        recipe: a name in :data:`RECIPES`: the run's, used unless ``case.recipe`` is set.
         spacing: target spacing overriding the recipe default (3D).
         size_2d: output side for 2D images.
         channels: the channel count the source declares; a case with another is refused.
@@ -220,6 +220,7 @@ def load_case(case: Case, recipe: str, spacing: tuple[float, ...] | None = None,
             not in ``label_values``. ``e.path``
             names the case's first image when the failing file is not known more precisely.
     """
+    recipe = case.recipe or recipe
     r = get_recipe(recipe)
     two_d = r.spatial_dims == 2 or (r.spatial_dims == 0 and case.image[0].lower().endswith(
         (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")))  # fmt: skip

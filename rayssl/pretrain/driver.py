@@ -38,7 +38,9 @@ class PretrainPlan(RunPlan):
 
 
 def plan_pretrain(cfg: PretrainConfig, dataset=None) -> PretrainPlan:
-    """Resolve the source (or read the cache's manifest), the recipe, the lr and the run directory.
+    """Resolve the source or the pool of sources (or read the cache's manifest), the recipe, the lr and the run
+    directory. A pool's recipe is its first source's (each case carries its own); its ``num_cases`` are the volumes
+    an epoch streams (with weights, some cases more than once: :mod:`rayssl.data.pool_shares`).
 
     Args:
         cfg: the pre-training config.
@@ -46,8 +48,8 @@ def plan_pretrain(cfg: PretrainConfig, dataset=None) -> PretrainPlan:
             up): its cases are counted and its first volume's shape read; the source's checks do not apply.
 
     Raises:
-        ValueError: no training cases, fewer cases than workers, or Models Genesis on a recipe whose
-            intensities leave [0, 1].
+        ValueError: no training cases, fewer cases than workers, Models Genesis on a recipe whose
+            intensities leave [0, 1], or a pool whose sources do not share one space (named).
     """
     from rayssl.data.pipeline import resolve_recipe
     from rayssl.config.recipes import check_genesis_recipe
@@ -65,13 +67,15 @@ def plan_pretrain(cfg: PretrainConfig, dataset=None) -> PretrainPlan:
             num_cases, channels = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"])
             recipe = cfg.data.recipe or manifest["recipe"]  # the pipeline checks that the cache was made with it
         else:
-            from rayssl.data.sources import resolve_source
+            from rayssl.data.sources import resolve_pool, resolve_source
 
-            source = resolve_source(cfg.data)
+            source = resolve_pool(cfg.data) if cfg.data.is_pool else resolve_source(cfg.data)
             num_cases, channels = len(source.split("train")), source.channels
             if num_cases == 0:
                 raise ValueError(f"data.source={cfg.data.source!r} has no training cases")
             recipe = resolve_recipe(cfg.data, source)
+            if source.pool:
+                num_cases = _pool_volumes(cfg, source)
         patches = patches_per_case(cfg.data)
         check_cases_per_worker(num_cases, max_workers(cfg.scale), cfg.data.source)
         steps_per_epoch(num_cases, patches, max_workers(cfg.scale), cfg.batch_size, cfg.optim.grad_accum)
@@ -81,6 +85,17 @@ def plan_pretrain(cfg: PretrainConfig, dataset=None) -> PretrainPlan:
     total_batch = cfg.total_batch
     return PretrainPlan(run_dir(cfg.run, f"{cfg.preset or 'pretrain'}-{cfg.model.method}"), num_cases, patches,
                         effective_lr(cfg.optim, total_batch), recipe, channels, source, manifest)
+
+
+def _pool_volumes(cfg: PretrainConfig, source: Source) -> int:
+    """A pool's volumes an epoch (its training cases, some repeated by its weights); logs each source's share."""
+    from rayssl.data.pool_shares import check_streamable, describe_pool, epoch_items
+
+    train = source.split("train")
+    check_streamable(cfg.data, source)
+    log.info(describe_pool(source, train, cfg.data.seed))
+    items = epoch_items(source, train, cfg.data.seed)
+    return len(train) if items is None else len(items)
 
 
 def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None) -> str:

@@ -67,6 +67,10 @@ def trial_configs(sweep, params: dict) -> tuple[PretrainConfig | None, FinetuneC
             split = {"data": {"source": ft.data.source, "folds": ft.data.folds, "val_fold": ft.data.val_fold,
                               "test_fold": ft.data.test_fold}}
             overrides = merge(split, overrides)
+        elif isinstance(source, list) and ft.data.source in source:
+            # a pool that lists the fine-tuning source takes its training split only: the same folds
+            split = {"data": {"folds": ft.data.folds, "val_fold": ft.data.val_fold, "test_fold": ft.data.test_fold}}
+            overrides = merge(split, overrides)
         pre = job_config(PretrainConfig, "pretrain", sweep.pretrain_preset, overrides, params,
                          "pre-training config of the sweep (pretrain_preset + pretrain + searched values)")
     return pre, ft

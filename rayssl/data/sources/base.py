@@ -1,5 +1,5 @@
-"""What a listing is made of: :class:`Case`, :class:`Source`, the strict-mode error, and the small helpers every
-format's lister shares (file stems, repeated case ids, SPEC errors)."""
+"""What a listing is made of: :class:`Case`, :class:`Source`, a pool's :class:`PoolEntry`, the strict-mode error,
+and the small helpers every format's lister shares (file stems, repeated case ids, SPEC errors)."""
 
 from __future__ import annotations
 
@@ -44,9 +44,27 @@ class Case:
     """Multi-hot findings (2D CXR); ``None`` for volumes."""
     kind: str = "file"
     """``file`` (NIfTI / image files, several = channels) or ``dicom`` (``image``: the slices of one series)."""
+    recipe: str | None = None
+    """The recipe this case is preprocessed with (a pool's case: its source's); ``None``: the run's."""
 
     def __post_init__(self):
         self.subject = self.subject or self.case_id
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One source of a pool (:mod:`.pool`): a pool file's entry, or one SPEC of a ``data.source`` list."""
+
+    source: str
+    """The source's SPEC (relative paths already resolved against the pool file's folder)."""
+    recipe: str | None = None
+    """Its recipe; ``None``: ``data.recipe``, else the source's own."""
+    weight: float | None = None
+    """Its share of each epoch's crops, relative to the other entries' weights; ``None``: by its cases."""
+    limit: int | None = None
+    """At most this many of its training cases (a seeded draw)."""
+    name: str | None = None
+    """The prefix of its case ids (``NAME.CASE``); ``None``: derived from the SPEC."""
 
 
 @dataclass
@@ -66,6 +84,8 @@ class Source:
     missing: list[tuple[str, str]] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)
     """The folders every listed file must lie in (default: ``[root]``; a folder source: images and labels)."""
+    pool: list[PoolEntry] = field(default_factory=list)
+    """A pool's entries, in order, with their names and recipes resolved; empty for one source."""
 
     def __post_init__(self):
         self.roots = self.roots or [self.root]

@@ -58,8 +58,13 @@ def resolve_source(data: DataConfig) -> Source:
 
     Raises:
         ValueError: unknown SPEC form, missing path, malformed dataset.json / CSV, a manifest that is a
-            symlink leading out of the dataset root.
+            symlink leading out of the dataset root; ``data.source`` is a pool (pre-training resolves it with
+            :func:`~.pool.resolve_pool`).
     """
+    if data.is_pool:
+        raise ValueError(f"data.source={data.source!r} is a pool of sources, and pools are for pre-training "
+                         "(jobs/pretrain.py, rayssl.data.sources.resolve_pool); fine-tuning, prediction and "
+                         "prepare_data read one source: give data.source one SPEC")
     spec = data.source.strip()
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "synthetic":

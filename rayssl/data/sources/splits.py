@@ -49,7 +49,7 @@ def _digest(path: str, size: int, sampled: bool) -> bytes:
     return h.digest()
 
 
-def _file_keys(paths: list[str]) -> dict[str, str]:
+def file_keys(paths: list[str]) -> dict[str, str]:
     """``{path: key}``, one key per distinct content: local files by resolved path, then, among files of one
     size, by :data:`COPY_SAMPLE`-byte samples and SHA-256; other URIs by their path. Empty, special and
     unreadable files keep their own key (reading them quarantines them later)."""
@@ -82,11 +82,11 @@ def _file_keys(paths: list[str]) -> dict[str, str]:
 
 
 def group_copies(cases: list[Case], where: str) -> None:
-    """Cases that list the same image file, or a copy of one (:func:`_file_keys`), share one subject (the
+    """Cases that list the same image file, or a copy of one (:func:`file_keys`), share one subject (the
     smallest of theirs), and an unsplit one takes its copies' explicit split, so copies never straddle splits;
     one warning with their count."""
     files = [c for c in cases if c.kind == "file"]  # a DICOM series' subject is its patient already
-    keys = _file_keys([p for c in files for p in c.image])
+    keys = file_keys([p for c in files for p in c.image])
     parent: dict[str, str] = {}
 
     def find(s: str) -> str:
