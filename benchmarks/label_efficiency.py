@@ -152,15 +152,20 @@ def check_labelled(source: str, labelled: list[int]) -> int:
     return n_train
 
 
-def pool_cases(pool: str) -> int:
-    """The number of cases a pool pre-trains on (its training split)."""
+def listed(spec: str, split: list[str]):
+    """The source ``spec`` listed and split as ``split`` (:data:`SPLIT` or :data:`POOL_SPLIT`) asks."""
     from rayssl.config import DataConfig, build_config, parse_override
     from rayssl.data.sources import resolve_source
 
-    data = {"source": pool}
-    for item in POOL_SPLIT:
+    data = {"source": spec}
+    for item in split:
         data.update(parse_override(item)["data"])
-    return len(resolve_source(build_config(DataConfig, data)).split("train"))
+    return resolve_source(build_config(DataConfig, data))
+
+
+def pool_cases(pool: str) -> int:
+    """The number of cases a pool pre-trains on (its training split)."""
+    return len(listed(pool, POOL_SPLIT).split("train"))
 
 
 def pool_overlap(source: str, pool: str) -> list[str]:
@@ -169,15 +174,8 @@ def pool_overlap(source: str, pool: str) -> list[str]:
     import hashlib
     import os
 
-    from rayssl.config import DataConfig, build_config, parse_override
-    from rayssl.data.sources import resolve_source
-
     def images(spec: str, split: list[str]) -> list:
-        data = {"source": spec}
-        for item in split:
-            data.update(parse_override(item)["data"])
-        return [(c.split, f if "://" in f else os.path.realpath(f)) for c in resolve_source(build_config(DataConfig, data)).cases
-                for f in c.image]
+        return [(c.split, f if "://" in f else os.path.realpath(f)) for c in listed(spec, split).cases for f in c.image]
 
     def digest(path: str) -> str:
         with open(path, "rb") as f:
