@@ -90,7 +90,7 @@ def test_worker_stream_gives_new_crops_each_epoch(ray_session, tmp_path):
 
     root = make_ct_phantoms(tmp_path / "ct", n=3, seed=0, shape=(40, 40, 20))
     data = DataConfig(source=f"msd:{root}", recipe="ct_btcv", roi=(16, 16, 8), patches_per_volume=4, folds=3)
-    rows = volume_stream(train_volumes(data, ["image", "label"], resolve_source(data), "ct_btcv").kept, 0, 1)
+    rows = volume_stream(train_volumes(data, ["image", "label"], resolve_source(data), "ct_btcv").volumes, 0, 1)
 
     def epoch_crops(rows, epoch):
         return sorted(tuple(o.tolist()) for b in epoch_batches(rows(), data, epoch, 2, ["origin"])
@@ -98,7 +98,7 @@ def test_worker_stream_gives_new_crops_each_epoch(ray_session, tmp_path):
 
     e0, e1 = epoch_crops(rows, 0), epoch_crops(rows, 1)
     assert len(e0) == len(e1) == 4 * 2 and e0 != e1  # 2 training cases of 3 (fold 0 is validation)
-    rerun = volume_stream(train_volumes(data, ["image", "label"], resolve_source(data), "ct_btcv").kept, 0, 1)  # a second run, same seed
+    rerun = volume_stream(train_volumes(data, ["image", "label"], resolve_source(data), "ct_btcv").volumes, 0, 1)  # a second run, same seed
     assert epoch_crops(rerun, 0) == e0 and epoch_crops(rerun, 1) == e1
 
 

@@ -6,14 +6,13 @@ from rayssl.data.context import RESERVATION_ENV, dataset_context
 def test_datasets_keep_rayssl_settings_and_the_global_context_is_restored(ray_session, monkeypatch):
     monkeypatch.delenv(RESERVATION_ENV, raising=False)
     ctx = ray.data.DataContext.get_current()
-    before = (ctx.op_resource_reservation_enabled, ctx.use_datasource_v2)
-    with dataset_context(parquet_v1=True):
+    before = ctx.op_resource_reservation_enabled
+    with dataset_context():
         ds = ray.data.range(4)
     derived = ds.map(lambda r: r)  # built after the block: inherits the dataset's context
     for d in (ds, derived):
         assert d.context.op_resource_reservation_enabled is False
-        assert d.context.use_datasource_v2 is False
-    assert (ctx.op_resource_reservation_enabled, ctx.use_datasource_v2) == before
+    assert ctx.op_resource_reservation_enabled == before
     assert sorted(r["id"] for r in derived.take_all()) == [0, 1, 2, 3]
 
 
@@ -23,4 +22,3 @@ def test_reservation_env_variable_keeps_rays_choice(ray_session, monkeypatch):
     with dataset_context():
         ds = ray.data.range(2)
     assert ds.context.op_resource_reservation_enabled == ctx.op_resource_reservation_enabled
-    assert ds.context.use_datasource_v2 == ctx.use_datasource_v2  # parquet_v1 not asked for

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -289,7 +290,7 @@ def test_the_plan_logs_the_shares_and_counts_the_repeated_volumes(tmp_path, capl
            "epoch, 12 volumes an epoch)" in caplog.text
     cfg = load_config(PretrainConfig, "pretrain", "tiny", overrides=[f"data.source=pool:{path}", *common,
                                                                      "data.keep_volumes=false"])
-    with pytest.raises(ValueError, match="set data.keep_volumes=true or drop the weights"):
+    with pytest.raises(ValueError, match="set data.keep_volumes=auto or drop the weights"):
         plan_pretrain(cfg)
 
 
@@ -330,12 +331,12 @@ def test_no_test_case_of_the_downstream_source_enters_the_pool(tmp_path, val_fol
 # --------------------------------------------------------------------------- one source elsewhere
 
 
-def test_fine_tuning_prepare_and_resolve_source_refuse_a_pool(tmp_path):
-    for cls, job in ((FinetuneConfig, "finetune"), (PrepareConfig, "prepare")):
-        for source in (LIST, "pool:/data/pool.yaml"):
-            with pytest.raises(ConfigError, match=r"data.source=.* is a pool of sources, and pools are for "
-                                                   r"pre-training \(jobs/pretrain.py\)"):
-                load_config(cls, job, overrides=[f"data.source={source}"])
+def test_fine_tuning_and_resolve_source_refuse_a_pool_and_prepare_takes_one(tmp_path):
+    for source in (LIST, "pool:/data/pool.yaml"):
+        with pytest.raises(ConfigError, match=r"data.source=.* is a pool of sources, and pools are for "
+                                               r"pre-training \(jobs/pretrain.py\)"):
+            load_config(FinetuneConfig, "finetune", overrides=[f"data.source={source}"])
+        assert load_config(PrepareConfig, "prepare", overrides=[f"data.source={source}"]).data.is_pool
     with pytest.raises(ValueError, match="pools are for pre-training"):
         resolve_source(DataConfig(source=["synthetic:ct:8"]))
     with pytest.raises(ValueError, match="data.train_cases=2 draws the labelled cases of one source"):
@@ -404,3 +405,60 @@ def test_pool_end_to_end_msd_folder_and_dicom_pretrain(ray_session, tmp_path):
 
     state, meta = load_export(result["weights"])
     assert meta["method"] == "mae" and meta["in_channels"] == 1 and state
+
+
+def test_a_pool_is_prepared_resumably_with_its_quarantine_by_source_and_streamed_past_the_budget(
+        ray_session, tmp_path, monkeypatch, caplog):
+    """prepare over a pool (MSD + folder, weights 2:1, one corrupt file): one file per usable case, the quarantine
+    kept by source, the weights' repeats in the manifest; a re-run recomputes nothing; a run whose volumes exceed
+    its kept budget (0 here) streams from that cache and trains."""
+    from rayssl.data.cache import read_manifest, read_volumes
+    from rayssl.data.pipeline import default_out, prepare, resolve_recipe
+    from rayssl.data.synthetic import make_ct_phantoms
+    from rayssl.pretrain.driver import pretrain
+
+    monkeypatch.chdir(tmp_path)  # default_out: ./runs/data/...
+    caplog.set_level("INFO", logger="rayssl")
+    shape, spacing = (64, 64, 32), (2.4, 2.4, 3.0)
+    make_ct_phantoms(tmp_path / "liver", n=4, seed=0, shape=shape, spacing=spacing)
+    shutil.copytree(make_ct_phantoms(tmp_path / "gen", n=3, seed=1, shape=shape, spacing=spacing) / "imagesTr",
+                    tmp_path / "archive")
+    (tmp_path / "archive" / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    (tmp_path / "pool.yaml").write_text("sources:\n  - source: msd:liver\n    weight: 2\n"
+                                        "  - source: folder:archive\n    weight: 1\n")
+    overrides = [f"data.source=pool:{tmp_path / 'pool.yaml'}", "data.folds=4", "data.val_fold=0",
+                 "data.test_fold=null", "data.recipe=ct_btcv", "data.spacing=[3.0,3.0,3.0]", "data.roi=[32,32,32]",
+                 "data.splits=[train]"]
+    cfg = load_config(PrepareConfig, "prepare", overrides=overrides)
+    source = resolve_pool(cfg.data)
+    train = source.split("train")  # 3 liver + 3 archive (the corrupt file among them, or in val)
+    out = prepare(cfg, source, resolve_recipe(cfg.data, source))
+    assert out == default_out(cfg.data)
+    manifest = read_manifest(out)
+    bad = [c for c in train if "broken" in c.case_id]
+    split = manifest["splits"]["train"]
+    assert split["listed"] == len(train) and split["cases"] == len(train) - len(bad) and split["skipped"] == 0
+    assert manifest["quarantined_by_source"] == ({"archive": 1} if bad else {})
+    assert all(e["source"] == "archive" and "broken" in e["path"] for e in manifest["quarantined"])
+    # the weights' repeats, worked out by hand: k = max(3 / 2, 3 / 1) = 3 volumes per unit of weight, so liver's 3
+    # cases stream 2 x 3 = 6 volumes (twice each) and archive's 3 cases 3 (once each; the corrupt one's dropped)
+    files = split["files"]
+    volumes = read_volumes(out, "train", manifest, ["case_id"])
+    per = Counter(files[i].partition(".")[0] for i, _ in volumes.items)
+    assert per == {"liver": 6, "archive": 3 - len(bad)}
+    assert sorted(r for i, r in volumes.items if files[i].startswith("liver.")) == [0, 0, 0, 1, 1, 1]
+
+    caplog.clear()
+    again = read_manifest(prepare(cfg, source, resolve_recipe(cfg.data, source)))
+    assert again["splits"]["train"]["skipped"] == split["cases"] and again["splits"]["train"]["bytes_written"] == 0
+    assert again["splits"]["train"]["files"] == files
+
+    run = load_config(PretrainConfig, "pretrain", "tiny", overrides=overrides[:-1] + [
+        "data.kept_budget=0", "data.patches_per_volume=4", "batch_size=4", "max_steps=2", "scale.cpus_per_worker=0.5",
+        f"run.storage_path={tmp_path / 'runs'}", "run.name=streamed", "run.log_every=1", "run.preview_every=0"])
+    caplog.clear()
+    result = json.loads((Path(pretrain(run)) / "result.json").read_text())
+    assert result["steps"] == 2
+    lines = [m for m in caplog.messages if m.startswith("training volumes:")]
+    assert len(lines) == 1 and f"streamed from the cache {out} (about " in lines[0]
+    assert "against a budget of 0.00 GiB, data.kept_budget=0.0)" in lines[0]

@@ -79,10 +79,15 @@ class DataConfig(Strict):
     flip_prob: float = Field(0.0, ge=0.0, le=1.0)
     """Flip each training crop along each spatial axis (2D: the horizontal axis) with this probability;
     drawn anew every epoch with the crop (SelfMedMAE's 3D MAE pre-training: 0.2)."""
-    keep_volumes: bool = True
-    """Keep the preprocessed training volumes in Ray's object store for the run (preprocessed once; Ray
-    spills them to disk when the store is full). ``False`` streams them, preprocessing every epoch again.
-    Not used with ``cache_dir`` (the cache is streamed from disk every epoch)."""
+    keep_volumes: Literal["auto"] | bool = "auto"
+    """``auto``: keep the preprocessed training volumes in Ray's object store for the run (preprocessed once) while
+    they fit ``kept_budget`` of it, else prepare them into the volume cache (``runs/data/<source>-<recipe>``,
+    resumable) and stream each worker's share from it every epoch; the run logs which and why. ``true``: always
+    keep them (Ray spills to disk when the store is full). ``false``: preprocess them again every epoch. Not used
+    with ``cache_dir`` (the cache is streamed)."""
+    kept_budget: float = Field(0.3, ge=0.0, le=1.0)
+    """The share of the cluster's object store the kept volumes may fill (``keep_volumes=auto``); the rest serves
+    Ray Data, checkpoints and the workers' transfers."""
     splits: list[Literal["train", "val", "test"]] = ["train"]
     """Which splits to emit patches for."""
     folds: int = Field(5, ge=2)
@@ -110,7 +115,7 @@ class DataConfig(Strict):
     patch_dtype: Literal["float32", "float16"] = "float32"
     """dtype of the preprocessed volumes (float16 halves memory and cache size)."""
     cache_dir: str | None = None
-    """Preprocessed volumes written by ``prepare_data`` (Parquet); when set, training crops from them."""
+    """The volume cache written by ``prepare_data`` (one Arrow file per case); when set, training streams it."""
     synthetic_dir: str | None = None
     """Where synthetic phantoms are written (default ``~/.cache/rayssl/synthetic``)."""
 

@@ -15,18 +15,11 @@ from rayssl.config.train import EvalConfig, OptimConfig, RunConfig, ScaleConfig
 
 
 class PrepareConfig(Strict):
-    """``jobs/prepare_data.py``: run the data pipeline and cache patches as Parquet."""
+    """``jobs/prepare_data.py``: preprocess a source or a pool once into the volume cache (one file per case)."""
 
     data: DataConfig = DataConfig()
     out: str | None = None
-    """Output directory or ``s3://`` / ``gs://`` URI of the Parquet shards and manifest."""
-    rows_per_file: int = Field(4, ge=1)
-    """Preprocessed volumes per Parquet file."""
-
-    @model_validator(mode="after")
-    def _check_prepare(self) -> "PrepareConfig":
-        single_source_only(self.data, "prepare_data (its cache holds one source)")
-        return self
+    """Output folder or ``s3://`` / ``gs://`` URI of the case files and manifest; a re-run into it resumes."""
 
 
 class JobConfig(Strict):

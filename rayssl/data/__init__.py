@@ -1,4 +1,4 @@
-"""Reading, preprocessing and patchifying medical images; Ray Data pipelines; the Parquet volume cache;
+"""Reading, preprocessing and patchifying medical images; Ray Data pipelines; the volume cache;
 fresh crops every epoch on the training workers.
 
 Names are imported lazily, so ``import rayssl.data.io`` does not pull in Ray.
@@ -16,7 +16,6 @@ _EXPORTS = {
     "sample_patches": "patches",
     "case_rng": "patches",
     "grid_origins": "patches",
-    "QuarantineLog": "pipeline",
     "QuarantineError": "sources",
     "case_dataset": "pipeline",
     "train_volumes": "pipeline",
@@ -24,6 +23,7 @@ _EXPORTS = {
     "prepare": "pipeline",
     "read_volumes": "cache",
     "read_manifest": "cache",
-    "write_volumes": "cache",
+    "write_case": "cache",
+    "read_case": "cache",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

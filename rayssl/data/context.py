@@ -8,9 +8,6 @@ Ray Train) without changing the user's global context.
   to about one CPU on a small node (docs/data.md, "Ray Data settings"). Backpressure still bounds what is in
   flight by the object store budget. Setting ``RAY_DATA_ENABLE_OP_RESOURCE_RESERVATION`` in the
   environment restores Ray's choice.
-- ``use_datasource_v2=False`` for Parquet (``parquet_v1=True``): Ray 2.60's default Parquet reader adds
-  a file-listing task and packs a small cache into one block, so streaming starts late and cannot
-  spread over Train workers; the v1 reader streams one block per file from the start.
 """
 
 from __future__ import annotations
@@ -24,13 +21,11 @@ RESERVATION_ENV = "RAY_DATA_ENABLE_OP_RESOURCE_RESERVATION"
 
 
 @contextlib.contextmanager
-def dataset_context(parquet_v1: bool = False):
+def dataset_context():
     """Create datasets inside this block to give them rayssl's Ray Data settings."""
     settings = {}
     if RESERVATION_ENV not in os.environ:
         settings["op_resource_reservation_enabled"] = False
-    if parquet_v1:
-        settings["use_datasource_v2"] = False
     ctx = ray.data.DataContext.get_current()
     settings = {k: v for k, v in settings.items() if hasattr(ctx, k)}  # attributes of this Ray version only
     old = {k: getattr(ctx, k) for k in settings}

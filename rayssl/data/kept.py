@@ -53,11 +53,16 @@ class KeptVolumes:
 
         def rows() -> Iterator[dict]:
             if not share:
-                ok = self._usable_items()
-                share.extend(ok[: len(ok) // world * world][rank::world])
+                share.extend(worker_share(self._usable_items(), rank, world))
             return (_row(self.volumes[i], r) for i, r in share)
 
         return rows
+
+
+def worker_share(items: list, rank: int, world: int) -> list:
+    """Worker ``rank`` of ``world``'s share of an epoch's ``items``: every ``world``-th from the ``rank``-th, all
+    workers the same number (a remainder is left out, as Ray Data's equal split does)."""
+    return items[: len(items) // world * world][rank::world]
 
 
 def _row(ref, repeat: int) -> dict:

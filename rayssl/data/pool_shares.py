@@ -40,12 +40,12 @@ def weighted(source: Source) -> bool:
 
 
 def check_streamable(data: DataConfig, source: Source) -> None:
-    """Raise ``ValueError`` for a pool with weights whose volumes are not kept (``data.keep_volumes=false``): the
-    weights repeat kept volumes."""
-    if weighted(source) and not data.keep_volumes:
+    """Raise ``ValueError`` for a pool with weights whose volumes are preprocessed every epoch
+    (``data.keep_volumes=false``): the weights repeat kept or cached volumes."""
+    if weighted(source) and data.keep_volumes is False:
         raise ValueError(f"pool {source.root}: its weights stream some cases more than once an epoch, from the volumes "
-                         "kept in Ray's object store, but data.keep_volumes=false streams every case once: set "
-                         "data.keep_volumes=true or drop the weights")
+                         "kept in Ray's object store or cached, but data.keep_volumes=false streams every case once: set "
+                         "data.keep_volumes=auto or drop the weights")
 
 
 def case_repeats(source: Source, cases: list[Case], seed: int) -> list[int]:

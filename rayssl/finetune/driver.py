@@ -167,8 +167,9 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
 
     volumes = train_volumes(cfg.data, ["image", spec.target_key], plan.source, plan.recipe, plan.manifest,
                             at_once=spare_cpus(cfg.scale))
+    log.info("training volumes: %s", volumes.path)
     worker_plan = dataclasses.replace(plan, source=None, manifest=None, load_report={}, test_cases=[],
-                                      kept=volumes.kept)
+                                      volumes=volumes.volumes)
     result, wall = fit(train_loop_per_worker, {"cfg": dump_config(cfg), "plan": worker_plan}, cfg.scale, cfg.data,
                        cfg.run, plan.run, volumes.dataset, callbacks)
     last = result.metrics or {}

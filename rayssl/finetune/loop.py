@@ -22,6 +22,7 @@ from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, build_loss, load_eval_cases
 from rayssl.finetune.weights import load_pretrained
 from rayssl.models.weights_file import read_safetensors
+from rayssl.data.kept import KeptVolumes
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, full_state_dict, resolve_compile
 from rayssl.train.layout import RunDir
@@ -49,7 +50,7 @@ def train_loop_per_worker(config: dict) -> None:
     plan = config["plan"]
     spec = plan.spec
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
-    rows = volume_stream(plan.kept, ctx.rank, ctx.world)  # a dataset shard starts reading while the engine builds
+    rows = volume_stream(plan.volumes, ctx.rank, ctx.world)  # a dataset shard starts reading while the engine builds
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, spec.channels, spec.num_classes)
@@ -134,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
                  grad_accum=cfg.optim.grad_accum, columns=["image", spec.target_key], shuffle_seed=ctx.rank,
                  world=ctx.world, step=step, window=window, after_epoch=after_epoch,
                  device=None if spec.classification and augment is not None else ctx.device,  # RandAugment: PIL, CPU
-                 kept=plan.kept is not None)
+                 kept=isinstance(plan.volumes, KeptVolumes))
     if validated_at[0] != state.step:  # stopped by max_steps inside an epoch
         validate_and_report()
     ctx.close()

@@ -61,10 +61,10 @@ def plan_pretrain(cfg: PretrainConfig, dataset=None) -> PretrainPlan:
         patches = patches_per_case(cfg.data, shape)
     else:
         if cfg.data.cache_dir:
-            from rayssl.data.cache import read_manifest
+            from rayssl.data.cache import read_manifest, read_volumes
 
             manifest = read_manifest(cfg.data.cache_dir)
-            num_cases, channels = int(manifest["splits"]["train"]["cases"]), int(manifest["channels"])
+            num_cases, channels = read_volumes(cfg.data.cache_dir, "train", manifest).cases(), int(manifest["channels"])
             recipe = cfg.data.recipe or manifest["recipe"]  # the pipeline checks that the cache was made with it
         else:
             from rayssl.data.sources import resolve_pool, resolve_source
@@ -117,11 +117,10 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
     if dataset is None:
         from rayssl.data.pipeline import train_volumes
 
-        log.info("preparing %d training cases (%s)", plan.num_cases, "from the cache" if cfg.data.cache_dir else
-                 "read and preprocessed once, kept in Ray's object store" if cfg.data.keep_volumes else "streamed")
         volumes = train_volumes(cfg.data, ["image"], plan.source, plan.recipe, plan.manifest,
                                 at_once=spare_cpus(cfg.scale))
-        ds, plan = volumes.dataset, dataclasses.replace(plan, kept=volumes.kept)
+        log.info("training volumes: %d cases, %s", plan.num_cases, volumes.path)
+        ds, plan = volumes.dataset, dataclasses.replace(plan, volumes=volumes.volumes)
     else:
         ds = dataset.select_columns(["case_id", "image"])
     files = open_run(cfg, plan.run)

@@ -12,6 +12,7 @@ import torch
 from rayssl.config import PretrainConfig
 from rayssl.pretrain.methods import build_model, build_objective
 from rayssl.pretrain.preview import save_preview
+from rayssl.data.kept import KeptVolumes
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, ensure_cpu_accelerator, resolve_compile
 from rayssl.train.layout import RunDir
@@ -27,7 +28,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = PretrainConfig.model_validate(config["cfg"])
     plan = config["plan"]
     ctx = WorkerContext.current(plan.run.path, cfg.scale)
-    rows = volume_stream(plan.kept, ctx.rank, ctx.world)  # a dataset shard starts reading while the engine builds
+    rows = volume_stream(plan.volumes, ctx.rank, ctx.world)  # a dataset shard starts reading while the engine builds
     ensure_cpu_accelerator()
     import deepspeed  # noqa: F401  (imported in the worker, before the memory baseline)
 
@@ -123,7 +124,7 @@ def train_loop_per_worker(config: dict) -> None:
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs,
                  steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.optim.grad_accum, columns=["image"],
                  shuffle_seed=ctx.rank, world=ctx.world, step=step, window=window, after_step=after_step,
-                 after_epoch=after_epoch, device=ctx.device, kept=plan.kept is not None)
+                 after_epoch=after_epoch, device=ctx.device, kept=isinstance(plan.volumes, KeptVolumes))
     preview("final")
     report(with_checkpoint=True)
     ctx.close()

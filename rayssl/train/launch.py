@@ -20,6 +20,7 @@ from rayssl.train.layout import RunDir
 from rayssl.train.trackers import track_artifacts
 
 if TYPE_CHECKING:
+    from rayssl.data.cache import CachedVolumes
     from rayssl.data.kept import KeptVolumes
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,14 @@ class RunPlan:
     """Peak learning rate (the batch scaling rule applied)."""
     recipe: str | None
     """The preprocessing recipe of the training volumes."""
-    kept: KeptVolumes | None = field(default=None, kw_only=True)
-    """The training volumes, when they are kept in Ray's object store (the run may start before they are all
-    preprocessed); else the workers read the ``"train"`` dataset shard."""
+    volumes: KeptVolumes | CachedVolumes | None = field(default=None, kw_only=True)
+    """The training volumes the workers read: kept in Ray's object store (the run may start before they are all
+    preprocessed) or the cache's files; ``None``: the workers read the ``"train"`` dataset shard."""
 
     def training_cases(self) -> int:
-        """The training cases left after quarantine: counted from ``kept`` (waiting for the preprocessing),
-        else ``num_cases``."""
-        return self.kept.cases() if self.kept else self.num_cases
+        """The training volumes an epoch streams, after quarantine: counted from ``volumes`` (kept ones wait for
+        the preprocessing), else ``num_cases``."""
+        return self.volumes.cases() if self.volumes else self.num_cases
 
 
 def run_dir(run: RunConfig, default_name: str) -> RunDir:
@@ -181,13 +182,13 @@ def use_gpu(scale: ScaleConfig) -> bool:
 
 def scaling_config(scale: ScaleConfig, data: DataConfig):
     """Ray Train's ``ScalingConfig``; warns when the workers would leave Ray Data no CPU while it streams
-    (``data.cache_dir`` or ``keep_volumes=false``; kept volumes are in the object store before training)."""
+    (``keep_volumes=false``; kept or cached volumes are read by the workers themselves)."""
     import ray
     import ray.train
 
     gpu = use_gpu(scale)
     wanted = scale.cpus_per_worker * max_workers(scale)
-    streams = data.cache_dir or not data.keep_volumes
+    streams = not data.cache_dir and data.keep_volumes is False
     if streams and wanted >= ray.cluster_resources().get("CPU", 0) > 0:
         log.warning("the train workers reserve %g of the cluster's %g CPUs and Ray Data needs some to feed them; "
                     "unless the autoscaler adds nodes, lower scale.cpus_per_worker", wanted, ray.cluster_resources()["CPU"])

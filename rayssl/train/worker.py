@@ -26,6 +26,7 @@ from rayssl.train.engine import resolve_precision
 from rayssl.train.trackers import Tracker
 
 if TYPE_CHECKING:
+    from rayssl.data.cache import CachedVolumes
     from rayssl.data.kept import KeptVolumes
 
 log = logging.getLogger(__name__)
@@ -239,11 +240,11 @@ def started_now(rows: Callable[[], Iterable[dict]]) -> Callable[[], Iterable[dic
     return epoch_rows
 
 
-def volume_stream(kept: KeptVolumes | None, rank: int, world: int) -> Callable[[], Iterable[dict]]:
-    """This worker's training volumes, one stream per epoch: its share of the ``kept`` volumes, else its
+def volume_stream(volumes: KeptVolumes | CachedVolumes | None, rank: int, world: int) -> Callable[[], Iterable[dict]]:
+    """This worker's training volumes, one stream per epoch: its share of the kept or cached ``volumes``, else its
     ``"train"`` dataset shard, whose first epoch starts now in the background (:func:`started_now`)."""
-    if kept:
-        return kept.epoch_rows(rank, world)
+    if volumes:
+        return volumes.epoch_rows(rank, world)
     import ray.train
 
     return started_now(ray.train.get_dataset_shard("train").iter_rows)
