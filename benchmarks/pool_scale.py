@@ -1,6 +1,6 @@
 """Memory and crops/s of a pool streamed from the volume cache: a small pool against one ten times larger.
 
-    python benchmarks/pool_scale.py [--small 100] [--large 1000] [--shape 48 48 32] [--world 2] [--epochs 2]
+    python benchmarks/pool_scale.py [--small 100] [--large 1000] [--shape 48 48 32] [--world 2] [--epochs 6]
 
 For each pool size, in the same run: CT phantoms written as an MSD folder, prepared once into the volume cache
 (``prepare``: one Ray task per case; its rate is printed), then streamed the way a run past its kept-volume budget
@@ -113,7 +113,7 @@ def main(argv=None):
     p.add_argument("--patches", type=int, default=4, help="crops per volume and epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--world", type=int, default=2, help="training workers (processes) streaming at once")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=6, help="the first, then the median of the later ones")
     p.add_argument("--workdir", default=None, help="kept (default: a temporary folder)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rayssl-pool-") as tmp:
