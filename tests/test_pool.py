@@ -417,7 +417,7 @@ def test_a_pool_is_prepared_resumably_with_its_quarantine_by_source_and_streamed
     from rayssl.data.synthetic import make_ct_phantoms
     from rayssl.pretrain.driver import pretrain
 
-    monkeypatch.chdir(tmp_path)  # default_out: ./runs/data/...
+    monkeypatch.chdir(tmp_path)  # prepare's default_out, ./runs/data/..., is the run's below (run.storage_path=./runs)
     caplog.set_level("INFO", logger="rayssl")
     shape, spacing = (64, 64, 32), (2.4, 2.4, 3.0)
     make_ct_phantoms(tmp_path / "liver", n=4, seed=0, shape=shape, spacing=spacing)

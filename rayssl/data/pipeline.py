@@ -250,14 +250,14 @@ def estimate_bytes(data: DataConfig, source: Source, recipe: str, cases: list[Ca
 
 def train_volumes(
     data: DataConfig, columns: list[str], source: Source | None, recipe: str, manifest: dict | None = None,
-    split: str = "train", at_once: int = 0,
+    split: str = "train", at_once: int = 0, cache_out: str | None = None,
 ) -> TrainVolumes:
     """What Ray Train consumes: preprocessed whole volumes, from the cache or from the source.
 
     Training workers cut fresh crops from them every epoch (:mod:`rayssl.data.crops`). From a source, the volumes
     are preprocessed once and kept in Ray's object store while they fit ``data.kept_budget`` of it
     (``data.keep_volumes=auto``, the default; ``true``: always); beyond it they are prepared into the volume cache
-    (``data.cache_dir``, else :func:`default_out`; resumable) and each worker streams its share of the cache's files.
+    (``cache_out``; resumable) and each worker streams its share of the cache's files.
     ``keep_volumes=false`` preprocesses them again every epoch (Ray Data). With ``data.cache_dir`` the cache is
     streamed.
 
@@ -275,6 +275,8 @@ def train_volumes(
         at_once: kept volumes: how many cases preprocess at once, beside the training workers (the CPUs
             they leave free). ``0`` (the workers will hold every CPU) or ``data.strict``: every CPU
             preprocesses and this returns once every case is done.
+        cache_out: where ``keep_volumes=auto`` prepares the cache past the budget (every node must read it: the
+            run's storage, :func:`default_out` of it); default :func:`default_out` under the current directory.
 
     Raises:
         ValueError: the cache was preprocessed otherwise, or ``data.cache_dir`` is set and ``manifest`` is not; a
@@ -297,7 +299,8 @@ def train_volumes(
         need, budget = estimate_bytes(data, source, recipe, cases, columns), kept_budget(data)
         size = f"about {need / 2**30:.2f} GiB for {len(cases)} cases against a budget of {budget / 2**30:.2f} GiB"
         if need > budget:
-            out = prepare(PrepareConfig(data=data.model_copy(update={"splits": [split]})), source, recipe)
+            prepare_cfg = PrepareConfig(data=data.model_copy(update={"splits": [split]}), out=cache_out)
+            out = prepare(prepare_cfg, source, recipe)
             return TrainVolumes(volumes=read_volumes(out, split, columns=columns),
                                 path=f"streamed from the cache {out} ({size}, data.kept_budget={data.kept_budget})")
         path = f"kept in Ray's object store ({size}, data.kept_budget={data.kept_budget})"
@@ -320,10 +323,10 @@ def train_volumes(
 # --------------------------------------------------------------------------- prepare
 
 
-def default_out(data: DataConfig) -> str:
-    """``runs/data/<source>-<recipe>`` under the current directory."""
+def default_out(data: DataConfig, storage: str = "runs") -> str:
+    """``<storage>/data/<source>-<recipe>``, ``storage`` a folder (made absolute) or a URI."""
     name = re.sub(r"[^A-Za-z0-9]+", "-", f"{data.source}-{data.recipe or 'auto'}").strip("-")[:120]
-    return os.path.abspath(os.path.join("runs", "data", name))
+    return join(storage if is_uri(storage) else os.path.abspath(storage), "data", name)
 
 
 def _preparation(data: DataConfig, source: Source, recipe: str) -> dict:

@@ -154,7 +154,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
     """
     if cfg.data.val_fold == "all":
         return cross_validate(cfg)
-    from rayssl.data.pipeline import recipe_spacing, train_volumes
+    from rayssl.data.pipeline import default_out, recipe_spacing, train_volumes
 
     plan = plan or plan_finetune(cfg)
     spec, report = plan.spec, plan.load_report
@@ -166,7 +166,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list | None = None, plan: FinetuneP
              len(report["loaded"]), len(report["new"]), plan.run.path)
 
     volumes = train_volumes(cfg.data, ["image", spec.target_key], plan.source, plan.recipe, plan.manifest,
-                            at_once=spare_cpus(cfg.scale))
+                            at_once=spare_cpus(cfg.scale), cache_out=default_out(cfg.data, plan.run.storage))
     log.info("training volumes: %s", volumes.path)
     worker_plan = dataclasses.replace(plan, source=None, manifest=None, load_report={}, test_cases=[],
                                       volumes=volumes.volumes)

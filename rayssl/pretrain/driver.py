@@ -115,10 +115,10 @@ def pretrain(cfg: PretrainConfig, dataset=None, plan: PretrainPlan | None = None
     """
     plan = plan or plan_pretrain(cfg, dataset)
     if dataset is None:
-        from rayssl.data.pipeline import train_volumes
+        from rayssl.data.pipeline import default_out, train_volumes
 
         volumes = train_volumes(cfg.data, ["image"], plan.source, plan.recipe, plan.manifest,
-                                at_once=spare_cpus(cfg.scale))
+                                at_once=spare_cpus(cfg.scale), cache_out=default_out(cfg.data, plan.run.storage))
         log.info("training volumes: %d cases, %s", plan.num_cases, volumes.path)
         ds, plan = volumes.dataset, dataclasses.replace(plan, volumes=volumes.volumes)
     else:
