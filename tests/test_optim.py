@@ -147,3 +147,18 @@ def test_sgd_takes_nesterov_from_the_config():
 
     opt = make_optimizer(OptimConfig(optimizer="sgd", momentum=0.99, nesterov=True), 1e-2)([torch.nn.Parameter(torch.zeros(2))])
     assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.99
+
+
+@pytest.mark.parametrize("num_workers, world, grad_accum, want_accum, want_lr", [
+    (2, 2, 1, 1, 1e-3),              # a fixed group: unchanged
+    ((1, 2), 2, 1, 1, 1e-3),         # an elastic run at its maximum: unchanged
+    ((1, 2), 1, 1, 2, 1e-3),         # on half the workers: twice the micro-batches, the same global batch and lr
+    ((2, 8), 4, 3, 6, 1e-3),         # 24 micro-batches a step: 4 x 6
+    ((2, 8), 3, 1, 3, 1e-3 * 9 / 8),  # 8 do not divide by 3: 9 micro-batches, the lr by the linear rule
+])
+def test_an_elastic_group_keeps_the_planned_global_batch(num_workers, world, grad_accum, want_accum, want_lr):
+    from rayssl.config import ScaleConfig
+    from rayssl.train.worker import group_optim
+
+    optim, lr = group_optim(OptimConfig(grad_accum=grad_accum), ScaleConfig(num_workers=num_workers), world, 1e-3)
+    assert optim.grad_accum == want_accum and lr == pytest.approx(want_lr, rel=1e-12)

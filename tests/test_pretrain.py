@@ -15,7 +15,7 @@ from rayssl.config import PretrainConfig, load_config
 from rayssl.models.mae import MaskedAutoencoder
 from rayssl.models.vit import VIT_SIZES, ViTEncoder
 from rayssl.models.weights_file import load_export
-from rayssl.train.checkpoint import load_weights
+from rayssl.train.checkpoint import damage, load_weights, read_state
 
 from conftest import read_metrics
 
@@ -121,47 +121,217 @@ def test_resume_continues_at_step_also_on_fewer_workers(ray_session, tmp_path, s
     assert json.loads((run_dir / "result.json").read_text())["steps"] == 8
 
 
-def _train_workers() -> list[psutil.Process]:
-    """Ray Train worker processes of this test session's Ray (descendants of this process)."""
-    return [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+def _train_workers(since: float = 0.0) -> list[psutil.Process]:
+    """Ray Train worker processes of this test session's Ray (descendants of this process) started at or after
+    ``since`` (seconds since the epoch; an earlier test's workers may still be exiting)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()) and p.create_time() >= since:
+                found.append(p)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found
 
 
-def _registered_checkpoint_steps(run_dir: Path) -> list[int]:
+def _registered_checkpoints(run_dir: Path) -> list[dict]:
+    """Ray Train's registered checkpoints of a run (``checkpoint_manager_snapshot.json``), oldest first."""
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     try:
-        return [c["metrics"]["step"] for c in json.loads(snapshot.read_text())["checkpoint_results"]]
+        return list(json.loads(snapshot.read_text())["checkpoint_results"])
     except (OSError, ValueError, KeyError):
         return []
 
 
-def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synthetic_dir):
+def _registered_checkpoint_steps(run_dir: Path) -> list[int]:
+    return [c["metrics"]["step"] for c in _registered_checkpoints(run_dir)]
+
+
+def _metric_rows_now(run_dir: Path) -> list[dict]:
+    """``metrics.jsonl`` as it is now (rank 0 may be appending a line: a torn last line is left out)."""
+    rows = []
+    try:
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    except OSError:
+        pass
+    return rows
+
+
+def _pretrain_in_background(cfg) -> tuple[threading.Thread, dict]:
+    """``pretrain(cfg)`` in a thread; its run directory (``"dir"``) or its error (``"error"``) lands in the dict."""
     from rayssl.pretrain.driver import pretrain
 
-    cfg = tiny(tmp_path, synthetic_dir, "faulty", "scale.num_workers=2", "max_steps=24", "run.checkpoint_every=4", "run.max_failures=2")
-    out = {}
-    thread = threading.Thread(target=lambda: out.setdefault("dir", pretrain(cfg)), daemon=True)
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["dir"] = pretrain(cfg)
+        except BaseException as e:  # noqa: BLE001 - raised again by the test
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    return thread, out
+
+
+def _wait_until(ready, thread: threading.Thread, out: dict, what: str, timeout: float = 300) -> None:
+    """Poll ``ready()`` while the run is going; fail at once when the run ended (or failed) first."""
+    deadline = time.time() + timeout
+    while not ready():
+        if not thread.is_alive():
+            raise AssertionError(f"the run ended before {what}") from out.get("error")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_killed_worker_recovers_from_last_checkpoint(ray_session, tmp_path, synthetic_dir):
+    cfg = tiny(tmp_path, synthetic_dir, "faulty", "scale.num_workers=2", "max_steps=24", "run.checkpoint_every=4", "run.max_failures=2")
+    t0 = time.time()
+    thread, out = _pretrain_in_background(cfg)
     run_dir = tmp_path / "faulty"
-    deadline = time.time() + 300
-    while not _registered_checkpoint_steps(run_dir) and time.time() < deadline:
-        time.sleep(0.2)
-    workers = _train_workers()
+    _wait_until(lambda: _registered_checkpoint_steps(run_dir), thread, out, "the first checkpoint")
+    workers = _train_workers(since=t0)
     assert workers, "no Ray Train worker process found to kill"
     os.kill(workers[-1].pid, signal.SIGKILL)
     killed_at = time.time()
+    trained_before_kill = max(r["step"] for r in _metric_rows_now(run_dir))  # before the resume drops lines
     thread.join(timeout=600)
+    if "error" in out:
+        raise out["error"]
     assert out.get("dir") == str(run_dir)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["steps"] == 24
     assert result["resumes"] >= 1
     rows = read_metrics(run_dir)
     after = [r for r in rows if r["time"] > killed_at]
-    before_kill = max(r["step"] for r in rows if r["time"] <= killed_at)
-    resumed_from = after[0]["step"] - cfg.run.log_every
+    resumed_from = max(r["step"] for r in rows if r["resumes"] == 0)
+    assert resumed_from % cfg.run.checkpoint_every == 0 and after[0]["step"] > resumed_from
     # at most the steps since the last checkpoint are lost
-    assert before_kill - resumed_from <= cfg.run.checkpoint_every
-    print(f"killed at step {before_kill}, resumed from step {resumed_from}, "
+    assert trained_before_kill - resumed_from <= cfg.run.checkpoint_every
+    print(f"killed at step {trained_before_kill}, resumed from step {resumed_from}, "
           f"first metrics {after[0]['time'] - killed_at:.1f} s after the kill")
+
+
+@pytest.fixture
+def cotenant(ray_session):
+    """Another HIGH-priority requester of the cluster's CPUs at Ray's ``AutoscalingCoordinator``, the actor whose
+    reservations Ray Train's elastic scaling policy sizes its worker group by (as a second training job on the
+    cluster would be). It asks for nothing until the test calls ``claim(cpus)``; it is registered before the run
+    starts, so it comes before the run in the coordinator's order (priority, then first request)."""
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        ResourceRequestPriority, get_or_create_autoscaling_coordinator)
+
+    coordinator = get_or_create_autoscaling_coordinator()
+    requester = f"rayssl-test-cotenant-{os.getpid()}"
+
+    def claim(cpus: float) -> None:
+        ray_session.get(coordinator.request_resources.remote(
+            requester_id=requester, resources=[{"CPU": cpus}] if cpus else [], expire_after_s=600,
+            priority=ResourceRequestPriority.HIGH))
+
+    claim(0)
+    yield claim
+    ray_session.get(coordinator.cancel_request.remote(requester))
+
+
+def _train_run_attempts(ray_session, name: str) -> list[tuple[float, float, int]]:
+    """``(start, end, workers)`` of each attempt of Ray Train run ``name``, as Ray Train's state actor recorded
+    them (``RAY_TRAIN_ENABLE_STATE_TRACKING``), oldest first; times in seconds since the epoch."""
+    from ray.train.v2._internal.state.state_actor import get_state_actor
+
+    actor = get_state_actor()
+    assert actor is not None, "Ray Train's state tracking is off"
+    run_ids = [i for i, run in ray_session.get(actor.get_train_runs.remote()).items() if run.name == name]
+    assert len(run_ids) == 1, f"Ray Train runs named {name}: {run_ids}"
+    attempts = ray_session.get(actor.get_train_run_attempts.remote())[run_ids[0]].values()
+    return sorted((a.start_time_ns / 1e9, (a.end_time_ns or time.time_ns()) / 1e9, len(a.workers)) for a in attempts)
+
+
+def test_elastic_run_loses_a_worker_and_finishes_on_fewer(ray_session, tmp_path, synthetic_dir, cotenant, monkeypatch):
+    """``scale.num_workers=[1,2]``: Ray Train V2's elastic scaling policy sizes the worker group by the CPUs the
+    cluster's AutoscalingCoordinator reserves to the run (max 2, min 1). The run starts on 2 workers (the 2 CPUs
+    allow both). Then the capacity goes elsewhere, as when a node leaves or another job takes it: the co-tenant
+    claims 1.5 of the 2 CPUs, and a training worker is SIGKILLed after the run trained past its last checkpoint.
+    Ray Train counts a failure (``run.max_failures``), finds room for 1 worker only, and restarts the group at
+    the minimum (``ElasticScalingPolicy.make_decision_for_non_running_worker_group``); rayssl resumes that
+    1-worker group from the 2-worker checkpoint (the consolidated weights) and finishes. Nothing is lost but the
+    steps since that checkpoint, which are trained again and logged once."""
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the worker group of each attempt, for the check
+    max_steps, checkpoint_every = 16, 4
+    cfg = tiny(tmp_path, synthetic_dir, "elastic", "scale.num_workers=[1,2]", f"max_steps={max_steps}",
+               f"run.checkpoint_every={checkpoint_every}", "run.max_failures=2")
+    assert cfg.scale.num_workers == (1, 2)
+    t0 = time.time()
+    thread, out = _pretrain_in_background(cfg)
+    run_dir = tmp_path / "elastic"
+
+    def past_a_checkpoint() -> bool:  # a registered checkpoint, and steps trained after it that the kill loses
+        saved = _registered_checkpoint_steps(run_dir)
+        return bool(saved) and any(r["step"] > max(saved) for r in _metric_rows_now(run_dir))
+
+    _wait_until(past_a_checkpoint, thread, out, "training past a checkpoint")
+    workers = _train_workers(since=t0)
+    assert workers, "no Ray Train worker process found to kill"
+    cotenant(1.5)  # leaves 0.5 CPU: room for one worker of scale.cpus_per_worker=0.5
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    killed_at = time.time()
+    trained_before_kill = max(r["step"] for r in _metric_rows_now(run_dir))  # before the resume drops lines
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "the run did not finish"
+    if "error" in out:
+        raise out["error"]
+    assert out["dir"] == str(run_dir)
+
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == max_steps and result["resumes"] >= 1 and result["world_size"] == 1
+
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows]
+    # every logged step once, in order: step 1, then every run.log_every, up to the last (no gap, no duplicate)
+    assert steps == [1, *range(cfg.run.log_every, max_steps + 1, cfg.run.log_every)]
+    resumed_from = max(r["step"] for r in rows if r["resumes"] == 0)
+    assert resumed_from % checkpoint_every == 0 and resumed_from < trained_before_kill  # the kill lost steps
+    assert trained_before_kill - resumed_from <= checkpoint_every  # ... no more than since the last checkpoint
+    assert all(r["time"] > killed_at for r in rows if r["resumes"] > 0)
+    assert {r["resumes"] for r in rows if r["step"] > resumed_from} == {1}
+
+    # the world size in each metric row is the size of the worker group Ray Train ran at that time
+    attempts = _train_run_attempts(ray_session, cfg.run.name)
+    assert [w for _, _, w in attempts] == [2, 1], attempts
+    for r in rows:
+        assert [w for start, end, w in attempts if start <= r["time"] <= end] == [r["world_size"]], (r, attempts)
+    assert {r["world_size"] for r in rows if r["resumes"] == 0} == {2}
+    assert {r["world_size"] for r in rows if r["resumes"] > 0} == {1}
+
+    # samples per optimiser step: the global batch planned for 2 workers (batch_size x optim.grad_accum x 2) on
+    # either group: the 1-worker group accumulates twice the micro-batches (rows count all workers' samples,
+    # carried across the resume), so the lr schedule planned for that batch holds
+    assert cfg.total_batch == cfg.batch_size * cfg.optim.grad_accum * 2
+    assert rows[0]["samples"] == rows[0]["step"] * cfg.total_batch
+    for prev, r in zip(rows, rows[1:]):
+        assert r["samples"] - prev["samples"] == (r["step"] - prev["step"]) * cfg.total_batch, (prev, r)
+    assert result["samples"] == rows[-1]["samples"] == max_steps * cfg.total_batch
+
+    # every checkpoint Ray Train registered is at or before the final step, intact and loadable, its state saying
+    # the step and the world size it was written at
+    registered = _registered_checkpoints(run_dir)
+    assert max(c["metrics"]["step"] for c in registered) == max_steps
+    world_at = {r["step"]: r["world_size"] for r in rows}
+    for c in registered:
+        path = run_dir / c["checkpoint_dir_name"]
+        step = c["metrics"]["step"]
+        assert step <= max_steps and damage(path) is None, (path, damage(path))
+        saved = read_state(path)
+        assert (saved["step"], saved["world_size"]) == (step, world_at[step])
+        weights = load_weights(path)
+        assert weights and all(torch.isfinite(v).all() for v in weights.values())
+    assert Path(result["checkpoint"]).name in {c["checkpoint_dir_name"] for c in registered}
+    print(f"killed at step {trained_before_kill}, resumed from step {resumed_from} on 1 worker, "
+          f"first metrics {min(r['time'] for r in rows if r['resumes'] > 0) - killed_at:.1f} s after the kill")
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, full_state_dict, resolve_compile
 from rayssl.train.layout import RunDir
 from rayssl.train.optim import NO_DECAY_TOKENS, make_optimizer, make_scheduler, param_groups
-from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, steps_per_epoch, total_steps,
-                                 train_epochs, volume_stream)
+from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, broadcast, group_optim, steps_per_epoch,
+                                 total_steps, train_epochs, volume_stream)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def train_loop_per_worker(config: dict) -> None:
     load_pretrained(model, plan.pretrained)
     compile_model(model, resolve_compile(cfg.scale, ctx.device.type == "cuda"))
     loss_fn = build_loss(spec)
-    spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
+    optim, lr = group_optim(cfg.optim, cfg.scale, ctx.world, plan.lr)  # an elastic group keeps the global batch
+    spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, optim.grad_accum)
     steps = total_steps(spe, cfg.epochs, cfg.max_steps)
 
     state = TrainState()
@@ -68,9 +69,9 @@ def train_loop_per_worker(config: dict) -> None:
             best["weights"] = read_safetensors(ckpt_dir / RunDir.BEST)
 
     engine, resumed = resume_engine(
-        model, param_groups(model, cfg.optim.weight_decay, cfg.model.layer_decay, NO_DECAY_TOKENS, plan.lr),
-        make_optimizer(cfg.optim, plan.lr), lambda opt: make_scheduler(opt, cfg.optim, plan.lr, steps, spe),
-        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, ctx.precision, model),
+        model, param_groups(model, cfg.optim.weight_decay, cfg.model.layer_decay, NO_DECAY_TOKENS, lr),
+        make_optimizer(optim, lr), lambda opt: make_scheduler(opt, optim, lr, steps, spe),
+        deepspeed_config(cfg.batch_size, optim, cfg.scale.zero_stage, ctx.precision, model),
         state, ctx.world, plan.run.path, on_checkpoint=read_best,
     )
     ctx.resumed(state, resumed, cfg.run.tracker, plan.run.name, config["cfg"])
@@ -132,7 +133,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     engine.train()
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs, steps=steps, batch_size=cfg.batch_size,
-                 grad_accum=cfg.optim.grad_accum, columns=["image", spec.target_key], shuffle_seed=ctx.rank,
+                 grad_accum=optim.grad_accum, columns=["image", spec.target_key], shuffle_seed=ctx.rank,
                  world=ctx.world, step=step, window=window, after_epoch=after_epoch,
                  device=None if spec.classification and augment is not None else ctx.device,  # RandAugment: PIL, CPU
                  kept=isinstance(plan.volumes, KeptVolumes))

@@ -18,7 +18,7 @@ from rayssl.train.engine import compile_model, deepspeed_config, ensure_cpu_acce
 from rayssl.train.layout import RunDir
 from rayssl.train.optim import make_optimizer, make_scheduler, param_groups
 from rayssl.train.worker import (Eta, LossWindow, TrainState, WorkerContext, all_gather, peak_memory_mb,
-                                 steps_per_epoch, total_steps, train_epochs, volume_stream)
+                                 group_optim, steps_per_epoch, total_steps, train_epochs, volume_stream)
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,17 @@ def train_loop_per_worker(config: dict) -> None:
     compile_mode = resolve_compile(cfg.scale, ctx.device.type == "cuda")
     model = compile_model(build_model(cfg, plan.channels), compile_mode)
     objective = build_objective(cfg)
-    spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, cfg.optim.grad_accum)
+    optim, lr = group_optim(cfg.optim, cfg.scale, ctx.world, plan.lr)  # an elastic group keeps the global batch
+    spe = steps_per_epoch(plan.training_cases(), plan.patches_per_case, ctx.world, cfg.batch_size, optim.grad_accum)
     steps = total_steps(spe, cfg.epochs, cfg.max_steps)
 
     state = TrainState()
     engine, resumed = resume_engine(
         model,
         param_groups(model, cfg.optim.weight_decay),
-        make_optimizer(cfg.optim, plan.lr),
-        lambda opt: make_scheduler(opt, cfg.optim, plan.lr, steps, spe),
-        deepspeed_config(cfg.batch_size, cfg.optim, cfg.scale.zero_stage, ctx.precision, model),
+        make_optimizer(optim, lr),
+        lambda opt: make_scheduler(opt, optim, lr, steps, spe),
+        deepspeed_config(cfg.batch_size, optim, cfg.scale.zero_stage, ctx.precision, model),
         state,
         ctx.world,
         plan.run.path,
@@ -122,7 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     engine.train()
     train_epochs(state, rows, cfg.data, epochs=cfg.epochs,
-                 steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.optim.grad_accum, columns=["image"],
+                 steps=steps, batch_size=cfg.batch_size, grad_accum=optim.grad_accum, columns=["image"],
                  shuffle_seed=ctx.rank, world=ctx.world, step=step, window=window, after_step=after_step,
                  after_epoch=after_epoch, device=ctx.device, kept=isinstance(plan.volumes, KeptVolumes))
     preview("final")

@@ -217,8 +217,11 @@ def resume_engine(
         return build_engine(model, groups, optimizer_factory, scheduler_factory, ds_config), None
     with ray.train.Checkpoint(path).as_directory() as ckpt_dir:
         saved = read_state(ckpt_dir)
-        same_world = saved.pop("world_size") == world_size
+        saved_world = saved.pop("world_size")
+        same_world = saved_world == world_size
         state.update(saved)
+        # the micro-batches each worker did of the epoch, on this group: the same share of the epoch's crops
+        state.batch_in_epoch = state.batch_in_epoch * saved_world // world_size
         state.resumes += 1
         if on_checkpoint:
             on_checkpoint(Path(ckpt_dir))

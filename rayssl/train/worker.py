@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from rayssl.config import DataConfig, ScaleConfig
+from rayssl.config import DataConfig, OptimConfig, ScaleConfig
 from rayssl.data.crops import DeviceCrops, epoch_batches
 from rayssl.logs import configure_logging
 from rayssl.train.artifacts import RunFiles
@@ -111,6 +111,20 @@ class WorkerContext:
 
     def generator(self, seed: int, step: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed(seed, step))
+
+
+def group_optim(optim: OptimConfig, scale: ScaleConfig, world: int, lr: float) -> tuple[OptimConfig, float]:
+    """The optimiser settings and lr of a worker group of ``world``: the global batch stays the one planned for the
+    largest group (``scale.max_workers x optim.grad_accum`` micro-batches a step), so an elastic run restarted on
+    fewer workers accumulates more micro-batches on each. Where ``world`` does not divide the planned micro-batches
+    they are rounded up and ``lr`` follows the batch by the linear rule (:func:`rayssl.train.optim.effective_lr`).
+
+    Returns:
+        ``(optim with this group's grad_accum, lr)``.
+    """
+    planned = optim.grad_accum * scale.max_workers
+    accum = -(-planned // world)
+    return optim.model_copy(update={"grad_accum": accum}), lr * accum * world / planned
 
 
 def steps_per_epoch(num_cases: int, patches_per_case: int, world_size: int, batch_size: int, grad_accum: int) -> int:
