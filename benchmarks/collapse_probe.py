@@ -1,7 +1,7 @@
 """Does a Genesis U-Net fine-tuning collapse? A Ray-free probe of the label-efficiency benchmark's Genesis arm.
 
     python benchmarks/collapse_probe.py [--recipe mri_genesis] [--optimizer adamw|sgd] [--lr 5e-3] [--labelled 1]
-        [--seeds 0,1,2] [--epochs 16]
+        [--seeds 0,1,2] [--epochs 16] [--roi 32] [--sampling classes|balanced] [--pos-fraction 0.33]
 
 Fine-tunes the benchmark's Genesis U-Net (8 base channels, instance norm) from random weights on ``--labelled``
 MRI phantoms (``synthetic:mri:12``, 1.5 mm, 32^3 crops sampled by class, 32 crops an epoch, batch 4: the
@@ -9,7 +9,9 @@ benchmark's settings; AdamW betas 0.9/0.95, weight decay 0.05 as its ``tiny`` fi
 every epoch scores the validation phantoms. Prints one JSON line per seed with, per epoch: the last batch's
 DiceCE loss, the validation mean Dice, the fraction of validation voxels predicted foreground, and the mean
 logit of the last batch. A collapsed run shows a validation Dice that stops moving together with a foreground
-fraction pinned at 0, at 1 or at the fraction of non-zero voxels.
+fraction pinned at 0, at 1 or at the fraction of non-zero voxels. ``--roi 16`` makes the tumour larger than the
+crop (24 mm at 1.5 mm), the situation the class-centred crops are suspected to collapse in; ``--sampling balanced``
+centres only ``--pos-fraction`` of the crops on a labelled voxel (nnU-Net's one third), the rest anywhere.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ def main(argv=None) -> None:
     p.add_argument("--labelled", type=int, default=1)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--roi", type=int, default=32, help="cubic crop side in voxels (1.5 mm)")
+    p.add_argument("--sampling", choices=["classes", "balanced"], default="classes")
+    p.add_argument("--pos-fraction", type=float, default=1 / 3, help="balanced sampling's crops centred on a label")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    base = {"source": "synthetic:mri:12", "folds": 4, "val_fold": 0, "test_fold": 1, "roi": [32, 32, 32],
-            "spacing": list(SPACING), "sampling": "classes", "patches_per_volume": 32 // args.labelled}
+    roi = (args.roi,) * 3
+    base = {"source": "synthetic:mri:12", "folds": 4, "val_fold": 0, "test_fold": 1, "roi": list(roi),
+            "spacing": list(SPACING), "sampling": args.sampling, "pos_fraction": args.pos_fraction,
+            "patches_per_volume": 32 // args.labelled}
     val = []
     for case in resolve_source(build_config(DataConfig, base)).split("val"):
         val.append({**load_case(case, args.recipe, SPACING, channels=4), "case_id": case.case_id})
@@ -67,7 +74,7 @@ def main(argv=None) -> None:
                 opt.step()
             model.eval()
             with torch.no_grad():
-                ev = evaluate_segmentation(model, val, "brats_regions", 3, ["tc", "wt", "et"], (32, 32, 32), 0.25, 4,
+                ev = evaluate_segmentation(model, val, "brats_regions", 3, ["tc", "wt", "et"], roi, 0.25, 4,
                                            hd95=False)
             model.train()
             log.append([epoch, round(loss.item(), 4), round(ev["mean_dice"], 4), round(ev["foreground"], 4),

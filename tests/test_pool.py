@@ -409,7 +409,7 @@ def test_pool_end_to_end_msd_folder_and_dicom_pretrain(ray_session, tmp_path):
 
 def test_a_pool_is_prepared_resumably_with_its_quarantine_by_source_and_streamed_past_the_budget(
         ray_session, tmp_path, monkeypatch, caplog):
-    """prepare over a pool (MSD + folder, weights 2:1, one corrupt file): one file per usable case, the quarantine
+    """prepare over a pool (MSD + folder, weights 2:1, a corrupt file, a listed file missing): one file per usable case, the quarantine
     kept by source, the weights' repeats in the manifest; a re-run recomputes nothing; a run whose volumes exceed
     its kept budget (0 here) streams from that cache and trains."""
     from rayssl.data.cache import read_manifest, read_volumes
@@ -424,6 +424,9 @@ def test_a_pool_is_prepared_resumably_with_its_quarantine_by_source_and_streamed
     shutil.copytree(make_ct_phantoms(tmp_path / "gen", n=3, seed=1, shape=shape, spacing=spacing) / "imagesTr",
                     tmp_path / "archive")
     (tmp_path / "archive" / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    meta = json.loads((tmp_path / "liver" / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/gone.nii.gz", "label": meta["training"][0]["label"]})
+    (tmp_path / "liver" / "dataset.json").write_text(json.dumps(meta))  # listed, missing: the liver's quarantine
     (tmp_path / "pool.yaml").write_text("sources:\n  - source: msd:liver\n    weight: 2\n"
                                         "  - source: folder:archive\n    weight: 1\n")
     overrides = [f"data.source=pool:{tmp_path / 'pool.yaml'}", "data.folds=4", "data.val_fold=0",
@@ -438,8 +441,9 @@ def test_a_pool_is_prepared_resumably_with_its_quarantine_by_source_and_streamed
     bad = [c for c in train if "broken" in c.case_id]
     split = manifest["splits"]["train"]
     assert split["listed"] == len(train) and split["cases"] == len(train) - len(bad) and split["skipped"] == 0
-    assert manifest["quarantined_by_source"] == ({"archive": 1} if bad else {})
-    assert all(e["source"] == "archive" and "broken" in e["path"] for e in manifest["quarantined"])
+    assert manifest["quarantined_by_source"] == ({"archive": 1, "liver": 1} if bad else {"liver": 1})
+    assert {(e["source"], e["path"].rsplit("/", 1)[-1]) for e in manifest["quarantined"]} == (
+        {("liver", "gone.nii.gz")} | ({("archive", "broken.nii.gz")} if bad else set()))
     # the weights' repeats, worked out by hand: k = max(3 / 2, 3 / 1) = 3 volumes per unit of weight, so liver's 3
     # cases stream 2 x 3 = 6 volumes (twice each) and archive's 3 cases 3 (once each; the corrupt one's dropped)
     files = split["files"]

@@ -348,8 +348,18 @@ def _check_reusable(out: str, want: dict) -> None:
                          "prepare it again")
 
 
-def _source_name(data: DataConfig, source: Source, case_id: str) -> str:
-    return case_id.partition(".")[0] if source.kind == POOL and case_id else str(data.source)
+def _source_name(data: DataConfig, source: Source, entry: dict) -> str:
+    """The source a quarantine entry belongs to: a pool's entry name (from the case id, or for a file the listing
+    found missing, the entry whose folder holds it), else ``data.source``."""
+    if source.kind != POOL:
+        return str(data.source)
+    if entry["case_id"]:
+        return entry["case_id"].partition(".")[0]
+    for e in source.pool:
+        root = e.source.partition(":")[2].rstrip("/")
+        if root and entry["path"].startswith(root + "/"):
+            return e.name
+    return "pool"
 
 
 def _placement(out: str):
@@ -457,7 +467,7 @@ def prepare(cfg: PrepareConfig, source: Source, recipe: str) -> str:
                     splits[split]["skipped"])
 
     for e in entries:
-        e["source"] = _source_name(data, source, e["case_id"])
+        e["source"] = _source_name(data, source, e)
     entries.sort(key=lambda e: (e["source"], e["path"], e["case_id"]))
     write_json(out, QUARANTINE, entries)
     by_source = Counter(e["source"] for e in entries)
