@@ -409,8 +409,8 @@ def test_pool_end_to_end_msd_folder_and_dicom_pretrain(ray_session, tmp_path):
 
 def test_a_pool_is_prepared_resumably_with_its_quarantine_by_source_and_streamed_past_the_budget(
         ray_session, tmp_path, monkeypatch, caplog):
-    """prepare over a pool (MSD + folder, weights 2:1, a corrupt file, a listed file missing): one file per usable case, the quarantine
-    kept by source, the weights' repeats in the manifest; a re-run recomputes nothing; a run whose volumes exceed
+    """prepare over a pool (MSD + folder, weights 2:1, a corrupt file, a listed file missing): one file per usable
+    case, the quarantine kept by source, the weights' repeats in the manifest; a re-run recomputes nothing; a run whose volumes exceed
     its kept budget (0 here) streams from that cache and trains."""
     from rayssl.data.cache import read_manifest, read_volumes
     from rayssl.data.pipeline import default_out, prepare, resolve_recipe
