@@ -1,7 +1,7 @@
 """Does a Genesis U-Net fine-tuning collapse? A Ray-free probe of the label-efficiency benchmark's Genesis arm.
 
     python benchmarks/collapse_probe.py [--recipe mri_genesis] [--optimizer adamw|sgd] [--lr 5e-3] [--labelled 1]
-        [--seeds 0,1,2] [--epochs 16] [--roi 32] [--sampling classes|balanced] [--pos-fraction 0.33]
+        [--seeds 0,1,2] [--epochs 16] [--roi 32] [--sampling classes|balanced|foreground] [--pos-fraction 0.33]
 
 Fine-tunes the benchmark's Genesis U-Net (8 base channels, instance norm) from random weights on ``--labelled``
 MRI phantoms (``synthetic:mri:12``, 1.5 mm, 32^3 crops sampled by class, 32 crops an epoch, batch 4: the
@@ -11,7 +11,8 @@ DiceCE loss, the validation mean Dice, the fraction of validation voxels predict
 logit of the last batch. A collapsed run shows a validation Dice that stops moving together with a foreground
 fraction pinned at 0, at 1 or at the fraction of non-zero voxels. ``--roi 16`` makes the tumour larger than the
 crop (24 mm at 1.5 mm), the situation the class-centred crops are suspected to collapse in; ``--sampling balanced``
-centres only ``--pos-fraction`` of the crops on a labelled voxel (nnU-Net's one third), the rest anywhere.
+centres only ``--pos-fraction`` of the crops on a labelled voxel (nnU-Net's one third), the rest anywhere;
+``foreground`` draws the class of each centred crop first (nnU-Net's foreground oversampling).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--roi", type=int, default=32, help="cubic crop side in voxels (1.5 mm)")
-    p.add_argument("--sampling", choices=["classes", "balanced"], default="classes")
+    p.add_argument("--sampling", choices=["classes", "balanced", "foreground"], default="classes")
     p.add_argument("--pos-fraction", type=float, default=1 / 3, help="balanced sampling's crops centred on a label")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -108,6 +108,28 @@ def test_classes_centres_crops_on_each_class_equally():
     assert len(sample_patches({**vol, "label": None}, data, case_rng(3, "case_0"))) == 300
 
 
+def test_foreground_oversampling_centres_a_fraction_on_each_foreground_class_equally():
+    vol = _volume(shape=(40, 40, 20))
+    vol["label"][:] = 0
+    vol["label"][30:33, 5:8, 14:16] = 2  # a small organ (18 voxels) far from the centre ...
+    vol["label"][5:25, 10:30, 2:12] = 1  # ... and a large one (4000 voxels)
+    data = _data(sampling="foreground", pos_fraction=1 / 3, patches_per_volume=300)
+    patches = sample_patches(vol, data, case_rng(3, "case_0"))
+    centre = [int(vol["label"][tuple(o + r // 2 for o, r in zip(p["origin"], (8, 8, 4)))]) for p in patches]
+    # round(300 / 3) = 100 crops are centred on a foreground class, each class drawn with probability 1/2 (about
+    # 50 each, binomial sd 5); the 200 uniform crops centre on the large organ with probability 4000 / 32000 and on
+    # the small one almost never (crops near a border are shifted inside, so a few centres move)
+    small = sum(c == 2 for c in centre)
+    assert 35 <= small <= 65
+    assert 35 + 200 * 0.125 - 20 <= centre.count(1) <= 65 + 200 * 0.125 + 20
+    assert 200 * 0.875 - 60 <= centre.count(0) <= 200 * 0.875 + 20  # the background most crops see
+    # balanced at the same fraction draws voxels, not classes: the small organ's 18 of 4018 voxels are almost never
+    balanced = sample_patches(vol, data.model_copy(update={"sampling": "balanced"}), case_rng(3, "case_0"))
+    assert sum(int(vol["label"][tuple(o + r // 2 for o, r in zip(p["origin"], (8, 8, 4)))]) == 2 for p in balanced) < 5
+    vol["label"][:] = 0  # no foreground: every crop uniform
+    assert len(sample_patches(vol, data, case_rng(3, "case_0"))) == 300
+
+
 def test_tissue_rejects_mostly_air():
     vol = _volume(shape=(40, 32, 16), label=False)
     vol["image"][:] = 0.0  # air everywhere ...

@@ -50,13 +50,17 @@ class DataConfig(Strict):
     """Patch (sub-volume) shape: 3 ints for volumes, 2 for images."""
     patches_per_volume: int = Field(4, ge=1)
     """New random crops of each case per epoch."""
-    sampling: Literal["random", "balanced", "classes", "genesis", "tissue", "grid"] = "random"
-    """``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
+    sampling: Literal["random", "balanced", "foreground", "classes", "genesis", "tissue", "grid"] = "random"
+    """``balanced``: ``pos_fraction`` of the crops centred on a labelled voxel, the rest anywhere (MONAI
+    ``RandCropByPosNegLabel``); ``foreground``: the same, each centred crop on a foreground class drawn uniformly
+    (nnU-Net's foreground oversampling: small structures as often as large ones, and crops that see the
+    background); ``classes``: every crop centred on a class drawn uniformly, background included (MONAI
+    ``RandCropByLabelClasses``); ``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
     prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT without lungs such
     as the synthetic abdominal phantoms (``tiny_genesis``, and ``genesis_btcv``'s self pre-training on
     BTCV); see :func:`rayssl.data.patches.sample_patches`."""
     pos_fraction: float = Field(0.5, ge=0.0, le=1.0)
-    """``balanced`` sampling: fraction of patches centred on a labelled voxel."""
+    """``balanced`` / ``foreground`` sampling: fraction of patches centred on a labelled voxel."""
     air_threshold: float = 0.15
     """``tissue`` sampling: intensity (after windowing) at or below which a voxel counts as air."""
     min_tissue_fraction: float = Field(0.5, ge=0.0, le=1.0)

@@ -96,14 +96,21 @@ def _centred(centre: Sequence[int], shape: Sequence[int], roi: Sequence[int]) ->
     return tuple(int(min(max(c - r // 2, 0), s - r)) for c, s, r in zip(centre, shape, roi))
 
 
-def _balanced(rng, label, n, pos_fraction, shape, roi) -> list[tuple[int, ...]]:
+def _balanced(rng, label, n, pos_fraction, shape, roi, by_class: bool = False) -> list[tuple[int, ...]]:
     # MONAI's RandCropByPosNegLabel draws pos/neg per crop at random and centres negatives on
     # background voxels; here the positive count is exact (round(n * pos_fraction)) and the rest uniform.
-    fg = np.flatnonzero(label > 0) if label is not None else np.empty(0, dtype=np.int64)
+    # by_class (``foreground``): each positive crop first draws one of the foreground classes present uniformly, then
+    # a voxel of it, as nnU-Net's foreground oversampling (nnunetv2 training/dataloading/base_data_loader.py,
+    # get_bbox with force_fg), so small structures are centred as often as large ones
+    flat_label = label.ravel() if label is not None else np.empty(0, dtype=np.uint8)
+    fg = np.flatnonzero(flat_label > 0)
     n_pos = int(round(n * pos_fraction)) if fg.size else 0
-    origins = []
-    for flat in rng.choice(fg, size=n_pos, replace=True) if n_pos else []:
-        origins.append(_centred(np.unravel_index(flat, shape), shape, roi))
+    if by_class and n_pos:
+        classes = np.unique(flat_label[fg])
+        picks = [rng.choice(np.flatnonzero(flat_label == k)) for k in rng.choice(classes, size=n_pos, replace=True)]
+    else:
+        picks = rng.choice(fg, size=n_pos, replace=True) if n_pos else []
+    origins = [_centred(np.unravel_index(flat, shape), shape, roi) for flat in picks]
     origins += [_uniform(rng, shape, roi) for _ in range(n - n_pos)]
     order = rng.permutation(n)
     return [origins[i] for i in order]
@@ -238,8 +245,8 @@ def patch_origins(volume: dict, data: DataConfig, rng: np.random.Generator):
         origins = grid_origins(shape, roi, data.grid_overlap)
     elif data.sampling == "classes":
         origins = _by_class(rng, label, n, shape, roi)
-    elif data.sampling == "balanced":
-        origins = _balanced(rng, label, n, data.pos_fraction, shape, roi)
+    elif data.sampling in ("balanced", "foreground"):
+        origins = _balanced(rng, label, n, data.pos_fraction, shape, roi, by_class=data.sampling == "foreground")
     elif data.sampling == "genesis":
         origins, fractions = map(list, zip(*_genesis(rng, image, n, data, shape, roi, threshold)))
     elif data.sampling == "tissue":
@@ -257,8 +264,10 @@ def sample_patches(volume: dict, data: DataConfig, rng: np.random.Generator) -> 
 
     Modes (``data.sampling``): ``random`` uniform crops; ``balanced`` a fraction ``data.pos_fraction`` of
     crops centred on a random labelled voxel (> 0), the rest uniform (all uniform when the case has no
-    foreground); ``classes`` each crop centred on a voxel of a class drawn uniformly among the classes
-    present (MONAI ``RandCropByLabelClasses`` with equal ratios; uniform without a label); ``genesis`` the
+    foreground); ``foreground`` as ``balanced``, but each centred crop on a voxel of a foreground class drawn
+    uniformly among the foreground classes present (nnU-Net's foreground oversampling); ``classes`` each crop
+    centred on a voxel of a class drawn uniformly among the classes present, background included (MONAI
+    ``RandCropByLabelClasses`` with equal ratios; uniform without a label); ``genesis`` the
     Models Genesis chest CT rule: lung-dominant crops, at least
     ``data.genesis_margin`` voxels from the borders, whose fraction of voxels at or above
     ``data.genesis_hu`` (-150 HU, via the recipe's window; see :func:`genesis_threshold`), each weighted by
