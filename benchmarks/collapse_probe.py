@@ -37,7 +37,7 @@ from rayssl.models.genesis_unet import GenesisUNet
 TASKS = {  # the label-efficiency benchmark's Genesis arm on each phantom kind
     "mri": dict(source="synthetic:mri:12", recipe="mri_genesis", spacing=1.5, channels=4, mode="brats_regions",
                 outputs=3, names=["tc", "wt", "et"]),
-    "ct": dict(source="synthetic:ct:12", recipe="ct_genesis", spacing=3.0, channels=1, mode="multiclass", outputs=8,
+    "ct": dict(source="synthetic:ct:12", recipe="ct_btcv", spacing=3.0, channels=1, mode="multiclass", outputs=8,
                names=[CT_LABELS[k] for k in range(1, 8)]),
 }
 
