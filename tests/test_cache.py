@@ -112,6 +112,8 @@ def test_cached_volumes_split_between_workers(tmp_path):
     # every 3rd from the rank-th, the same number each, the remainder (7 = 2 x 3 + 1) left out
     assert shares == [[rows[i]["case_id"] for i in range(rank, 6, 3)] for rank in range(3)]
     assert set(next(iter(volumes.epoch_rows(0, 1)()))) == {"case_id", "image"}
+    with pytest.raises(ValueError, match=r"its 'train' cases have no target \(.*\.arrow\); prepare a cache of labelled"):
+        read_volumes(str(tmp_path), "train", columns=["case_id", "image", "target"])
     weighted = CachedVolumes(volumes.root, volumes.files, ("case_id",), ((0, 0), (1, 0), (0, 1)))
     assert weighted.cases() == 3
     assert list(weighted.epoch_rows(0, 1)()) == [{"case_id": rows[0]["case_id"]}, {"case_id": rows[1]["case_id"]},

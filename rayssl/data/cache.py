@@ -202,7 +202,7 @@ def read_volumes(path: str, split: str = "train", manifest: dict | None = None,
         columns: the columns to read (``None``: all).
 
     Raises:
-        ValueError: not a cache, or the split was not written or holds no case.
+        ValueError: not a cache, the split was not written or holds no case, or its cases lack one of ``columns``.
     """
     manifest = manifest if manifest is not None else read_manifest(path)
     available = sorted(manifest.get("splits", {}))
@@ -212,5 +212,12 @@ def read_volumes(path: str, split: str = "train", manifest: dict | None = None,
     if not entry.get("files"):
         raise ValueError(f"cache {path!r}: split {split!r} has no cases (every case was quarantined?)")
     items = entry.get("items")
-    return CachedVolumes(join(path, split), tuple(entry["files"]), tuple(columns) if columns else None,
-                         tuple(map(tuple, items)) if items is not None else None)
+    volumes = CachedVolumes(join(path, split), tuple(entry["files"]), tuple(columns) if columns else None,
+                            tuple(map(tuple, items)) if items is not None else None)
+    if columns:  # checked on the first case here, not on a worker mid-epoch
+        first = join(volumes.root, volumes.files[0])
+        missing = sorted(set(columns) - set(read_case(first)))
+        if missing:
+            raise ValueError(f"cache {path!r}: its {split!r} cases have no {', '.join(missing)} ({first}); prepare a "
+                             "cache of labelled cases for this job")
+    return volumes
