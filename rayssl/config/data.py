@@ -85,8 +85,8 @@ class DataConfig(Strict):
     drawn anew every epoch with the crop (SelfMedMAE's 3D MAE pre-training: 0.2)."""
     keep_volumes: Literal["auto"] | bool = "auto"
     """``auto``: keep the preprocessed training volumes in Ray's object store for the run (preprocessed once) while
-    they fit ``kept_budget`` of it, else prepare them into the volume cache (``<run.storage_path>/data/<source>-
-    <recipe>``, resumable) and stream each worker's share from it every epoch; the run logs which and why.
+    they fit ``kept_budget`` of it, else prepare them into the volume cache (``<run.storage_path>/data/...``,
+    resumable) and stream each worker's share from it every epoch; the run logs which and why.
     ``true``: always keep them (Ray spills to disk when the store is full). ``false``: preprocess them again every
     epoch. Not used with ``cache_dir`` (the cache is streamed)."""
     kept_budget: float = Field(0.3, ge=0.0, le=1.0)

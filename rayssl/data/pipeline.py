@@ -324,8 +324,11 @@ def train_volumes(
 
 
 def default_out(data: DataConfig, storage: str = "runs") -> str:
-    """``<storage>/data/<source>-<recipe>``, ``storage`` a folder (made absolute) or a URI."""
-    name = re.sub(r"[^A-Za-z0-9]+", "-", f"{data.source}-{data.recipe or 'auto'}").strip("-")[:120]
+    """``<storage>/data/<source>-<recipe>-<spacing>-<dtype>``, ``storage`` a folder (made absolute) or a URI: runs
+    preprocessing a source otherwise get caches of their own."""
+    spacing = "x".join(f"{v:g}" for v in data.spacing) if data.spacing else "recipe"
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{data.source}-{data.recipe or 'auto'}-{spacing}-{data.patch_dtype}")
+    name = name.strip("-.")[:120]
     return join(storage if is_uri(storage) else os.path.abspath(storage), "data", name)
 
 
