@@ -28,7 +28,9 @@ MAE arms: the ``tiny`` presets (3D MAE, then UNETR) with ``--recipe`` (default: 
 (masked image modelling of a tiny residual-encoder U-Net, as nnssl), then the same U-Net fine-tuned whole
 (``model.arch=resenc_unet``); its scratch twin is that U-Net from random weights.
 Genesis arms: ``tiny_genesis`` then the Genesis U-Net with the Genesis-compatible form of that recipe
-(``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI.
+(``mri_brats`` -> ``mri_genesis``), so ``--methods mae,genesis --recipe mri_brats`` works on MRI. Fine-tuning on
+BraTS-like regions samples a third of its crops on the tumour and the rest anywhere (``REGION_SAMPLING``); other
+tasks keep the ``tiny`` preset's class-centred crops.
 ``--layer-decay`` sets the UNETR arms' layer-wise lr decay (default: the preset's). A diagnostic:
 ``--methods mae --layer-decay 0.001`` all but freezes the ViT encoder (its last block trains at 1e-3 of the
 decoder's lr, the earlier ones at 1e-6 and less), so the pre-trained arm fine-tunes a decoder on the
@@ -61,6 +63,11 @@ GENESIS_UNET = ["model.unet_base_channels=8", "model.unet_norm=instance"]  # as 
 MAE_MASK = 0.125
 """``mae``'s mask ratio: SelfMedMAE's run scripts (``--mask_ratio=0.125``, 12.5% of the tokens masked)."""
 POOL_SPLIT = ["data.folds=20", "data.val_fold=0", "data.test_fold=null"]
+REGION_SAMPLING = ["data.sampling=balanced", "data.pos_fraction=0.33"]
+"""Fine-tuning crops of BraTS-like regions: a third centred on the tumour, the rest anywhere (nnU-Net's
+``oversample_foreground_percent = 0.33``, nnunetv2 nnUNetTrainer). The ``tiny`` preset's class-centred crops put 3 of
+4 crops on the one tumour its three nested labels make; with a tumour larger than the crop that biases every region
+on (docs/pretraining_pays_off.md, "A fine-tuning that collapses"). Other tasks keep the preset's."""
 """A pre-training pool: 95% of its cases pre-train, the rest are its validation split."""
 
 
@@ -126,6 +133,13 @@ def recipes(source: str, recipe: str | None) -> dict[str, str]:
 
     mae = recipe or resolve_source(DataConfig(source=source)).recipe
     return {"mae": mae, "genesis": genesis_recipe(mae), "cnn_mae": mae}
+
+
+def sampling_overrides(recipe: str) -> list[str]:
+    """The fine-tuning crops of a task: ``REGION_SAMPLING`` for BraTS-like regions, else the ``tiny`` preset's."""
+    from rayssl.finetune.task import BRATS_RECIPES
+
+    return REGION_SAMPLING if recipe in BRATS_RECIPES else []
 
 
 def model_overrides(method: str, layer_decay: float | None) -> list[str]:
@@ -310,6 +324,7 @@ def main(argv=None) -> None:
         if not result_file.is_file():
             cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
                 *common, f"data.recipe={recipe[family(method)]}", *model_overrides(method, args.layer_decay),
+                *sampling_overrides(recipe[family(method)]),
                 f"pretrained={encoder if arm == 'pretrained' else 'none'}",
                 f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",
                 f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 2)}",

@@ -129,3 +129,15 @@ def test_a_pool_holding_a_test_case_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="holds 1 test case"):
         bench.main(["--source", f"msd:{root}", "--pretrain-source", f"folder:{pool}", "--labelled", "1",
                     "--out", str(tmp_path / "le")])
+
+
+def test_brats_like_regions_fine_tune_on_a_third_tumour_crops_and_other_tasks_keep_the_preset():
+    from rayssl.config import FinetuneConfig, load_config
+
+    def sampling(recipe):
+        cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[f"data.recipe={recipe}",
+                                                                         *bench.sampling_overrides(recipe)])
+        return cfg.data.sampling, cfg.data.pos_fraction
+
+    assert sampling("mri_brats") == sampling("mri_genesis") == ("balanced", 0.33)
+    assert sampling("ct_btcv") == ("classes", 0.5)  # the tiny preset's, unchanged

@@ -14,6 +14,10 @@ from rayssl.data.sources import Case, Source
 from rayssl.finetune.labels import BRATS_REGIONS, brats_regions
 
 
+BRATS_RECIPES = ("mri_brats", "mri_genesis")
+"""Recipes of BraTS-like MRI: their label maps are trained as the nested tumour regions (``brats_regions``)."""
+
+
 def label_mode(cfg: FinetuneConfig, source: Source) -> str:
     """``multilabel`` for the classifier, ``brats_regions`` for BraTS-like MRI, else ``multiclass``."""
     if cfg.task.labels is not None:
@@ -21,7 +25,7 @@ def label_mode(cfg: FinetuneConfig, source: Source) -> str:
     elif cfg.model.arch == "vit_classifier":
         mode = "multilabel"
     else:
-        mode = "brats_regions" if (cfg.data.recipe or source.recipe) in ("mri_brats", "mri_genesis") else "multiclass"
+        mode = "brats_regions" if (cfg.data.recipe or source.recipe) in BRATS_RECIPES else "multiclass"
     if (mode == "multilabel") != (cfg.model.arch == "vit_classifier"):
         raise ValueError(f"task.labels={mode} does not fit model.arch={cfg.model.arch}")
     return mode
