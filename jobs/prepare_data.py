@@ -31,7 +31,8 @@ if __name__ == "__main__":
     from rayssl.data.sources import resolve_pool, resolve_source
     from rayssl.train.launch import init_ray
 
-    source = before_ray(resolve_pool if cfg.data.is_pool else resolve_source, cfg.data)  # the source and its recipe, checked before Ray starts
+    # the source (or pool) and its recipe, checked before Ray starts
+    source = before_ray(resolve_pool if cfg.data.is_pool else resolve_source, cfg.data)
     recipe = before_ray(resolve_recipe, cfg.data, source)  # any number of cases: an empty split is written empty
     init_ray()
     print(prepare(cfg, source, recipe))

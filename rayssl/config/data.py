@@ -55,9 +55,9 @@ class DataConfig(Strict):
     ``RandCropByPosNegLabel``); ``foreground``: the same, each centred crop on a foreground class drawn uniformly
     (nnU-Net's foreground oversampling: small structures as often as large ones, and crops that see the
     background); ``classes``: every crop centred on a class drawn uniformly, background included (MONAI
-    ``RandCropByLabelClasses``); ``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset ``genesis_chest_ct``,
-    prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT without lungs such
-    as the synthetic abdominal phantoms (``tiny_genesis``, and ``genesis_btcv``'s self pre-training on
+    ``RandCropByLabelClasses``); ``genesis``: the Models Genesis chest CT rule, lung-dominant crops (preset
+    ``genesis_chest_ct``, prepare ``genesis_ct``); ``tissue``: crops mostly above the air threshold, for CT
+    without lungs such as the synthetic abdominal phantoms (``tiny_genesis``, and ``genesis_btcv``'s self pre-training on
     BTCV); see :func:`rayssl.data.patches.sample_patches`."""
     pos_fraction: float = Field(0.5, ge=0.0, le=1.0)
     """``balanced`` / ``foreground`` sampling: fraction of patches centred on a labelled voxel."""

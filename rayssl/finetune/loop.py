@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import save_file
 
 from rayssl.config import FinetuneConfig
+from rayssl.data.kept import KeptVolumes
 from rayssl.finetune.augment import RandAugment2D, SegAugment
 from rayssl.finetune.evaluate import evaluate_classification, evaluate_segmentation
 from rayssl.finetune.models import build_model
 from rayssl.finetune.task import TaskSpec, build_loss, load_eval_cases
 from rayssl.finetune.weights import load_pretrained
 from rayssl.models.weights_file import read_safetensors
-from rayssl.data.kept import KeptVolumes
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, full_state_dict, resolve_compile
 from rayssl.train.layout import RunDir

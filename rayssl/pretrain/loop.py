@@ -10,9 +10,9 @@ import ray.train
 import torch
 
 from rayssl.config import PretrainConfig
+from rayssl.data.kept import KeptVolumes
 from rayssl.pretrain.methods import build_model, build_objective
 from rayssl.pretrain.preview import save_preview
-from rayssl.data.kept import KeptVolumes
 from rayssl.train.checkpoint import resume_engine, save_checkpoint
 from rayssl.train.engine import compile_model, deepspeed_config, ensure_cpu_accelerator, resolve_compile
 from rayssl.train.layout import RunDir
