@@ -49,21 +49,27 @@ def tree_rss_mb() -> float:
 
 
 class PeakRSS:
-    """The largest :func:`tree_rss_mb` seen while the block runs."""
+    """The largest ``sample()`` (MB; default :func:`tree_rss_mb`) seen while the block runs, sampled every ``every``
+    seconds, and the value at its ``start``."""
+
+    def __init__(self, sample=tree_rss_mb, every: float = 0.1):
+        self._sample, self._every = sample, every
 
     def __enter__(self):
-        self.peak, self._stop = tree_rss_mb(), threading.Event()
+        self.start = self.peak = self._sample()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
 
     def _watch(self):
-        while not self._stop.wait(0.1):
-            self.peak = max(self.peak, tree_rss_mb())
+        while not self._stop.wait(self._every):
+            self.peak = max(self.peak, self._sample())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self.peak = max(self.peak, self._sample())
 
 
 def monai_loader(kind: str, items: list[dict], roi, patches: int, workers: int, batch_size: int, cache_dir: str):
