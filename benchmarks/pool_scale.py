@@ -12,6 +12,9 @@ its resident memory before the first volume (its imports); the pool's figures ar
 Ray stays up (idle, as in a run whose workers read the cache themselves), and the peak of every process of the
 run (this driver, Ray's processes, the workers; sampled every 20 ms) is reported beside them.
 
+Each pool is measured ``--repeats`` times, alternating, and the small pool streams the same number of volumes as
+the large one (more epochs); the table gives the medians of the rates and the largest peaks.
+
 Targets (issue #23): peak memory of the large pool <= 1.2x the small one's, crops/s >= 0.8x. The last line is a
 JSON summary.
 """
@@ -44,14 +47,15 @@ def stream_share(cache: str, rank: int, world: int, roi: tuple, patches: int, ba
     from data_pipeline import PeakRSS
 
     me = psutil.Process()
-    times, crops = [], 0
+    times, crops = [], []
     with PeakRSS(lambda: me.memory_info().rss / 2**20, every=0.005) as rss:  # imports done, no volume read yet
         for epoch in range(epochs):
-            t0, crops = time.perf_counter(), 0
+            t0, n = time.perf_counter(), 0
             for b in epoch_batches(rows(), data, epoch, batch, ["image"], shuffle_seed=rank):
-                crops += b["image"].shape[0]
+                n += b["image"].shape[0]
                 b["image"].float().sum()  # touch the data, as a training step would
             times.append(time.perf_counter() - t0)
+            crops.append(n)
     return {"crops": crops, "seconds": times, "peak_rss_mb": rss.peak, "baseline_rss_mb": rss.start}
 
 
@@ -64,10 +68,10 @@ def measure(cache: str, world: int, roi: tuple, patches: int, batch: int, epochs
     with PeakRSS(every=0.02) as tree, ProcessPoolExecutor(world, mp_context=get_context("spawn")) as pool:
         parts = list(pool.map(stream_share, [cache] * world, range(world), [world] * world, [roi] * world,
                               [patches] * world, [batch] * world, [epochs] * world))
-    crops = sum(p["crops"] for p in parts)
-    slowest = [max(p["seconds"][e] for p in parts) for e in range(epochs)]
-    return {"crops_per_epoch": crops, "first_epoch_crops_per_s": crops / slowest[0],
-            "later_epochs_crops_per_s": crops / statistics.median(slowest[1:] or slowest),
+    first, later = (sum(sum(p["crops"][e]) for p in parts) for e in (slice(0, 1), slice(1, None)))
+    seconds = [max(sum(p["seconds"][e]) for p in parts) for e in (slice(0, 1), slice(1, None))]  # the slowest worker
+    return {"crops_per_epoch": first, "first_epoch_crops_per_s": first / seconds[0],
+            "later_epochs_crops_per_s": later / seconds[1],
             "peak_rss_mb": sum(p["peak_rss_mb"] for p in parts),
             "peak_above_imports_mb": sum(p["peak_rss_mb"] - p["baseline_rss_mb"] for p in parts),
             "all_processes_peak_mb": tree.peak, "all_processes_idle_mb": idle}
@@ -102,7 +106,9 @@ def main(argv=None):
     p.add_argument("--patches", type=int, default=4, help="crops per volume and epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--world", type=int, default=2, help="training workers (processes) streaming at once")
-    p.add_argument("--epochs", type=int, default=6, help="the first, then the median of the later ones")
+    p.add_argument("--epochs", type=int, default=6, help="of the large pool, the first and the later ones (the small "
+                   "pool runs as many more as it is smaller: the same volumes streamed)")
+    p.add_argument("--repeats", type=int, default=3, help="measurements of each pool, alternating (medians)")
     p.add_argument("--workdir", default=None, help="kept (default: a temporary folder)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rayssl-pool-") as tmp:
@@ -116,11 +122,14 @@ def run(args: argparse.Namespace, work: str) -> None:
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
     prepare_pool(work, 2, tuple(args.shape))  # not counted: starts Ray's workers and their imports
     caches = {n: prepare_pool(work, n, tuple(args.shape)) for n in (args.small, args.large)}
-    results = {}  # Ray stays up, idle as in a run whose workers read the cache themselves
-    for n, (cache, prepared) in caches.items():
-        results[n] = {**prepared, **measure(cache, args.world, tuple(args.roi), args.patches, args.batch_size,
-                                            args.epochs)}
-        print(f"{n:>6} volumes: {json.dumps(results[n])}", flush=True)
+    runs: dict[int, list[dict]] = {n: [] for n in caches}  # Ray stays up, idle as in a run whose workers read the cache
+    for _ in range(args.repeats):
+        for n, (cache, _) in caches.items():
+            epochs = args.epochs * max(1, args.large // n)
+            runs[n].append(measure(cache, args.world, tuple(args.roi), args.patches, args.batch_size, epochs))
+            print(f"{n:>6} volumes, {epochs} epochs: {json.dumps(runs[n][-1])}", flush=True)
+    results = {n: {**caches[n][1], **{k: (max if "mb" in k else statistics.median)(r[k] for r in rs) for k in rs[0]}}
+               for n, rs in runs.items()}
     ray.shutdown()
     small, large = results[args.small], results[args.large]
     summary = {
