@@ -2,7 +2,7 @@
 
     python benchmarks/label_efficiency.py --source SPEC [--pretrain-source SPEC] [--recipe NAME]
         [--methods mae,mae@0.75,genesis] [--labelled 1,2,4] [--seeds 3] [--pretrain-epochs N] [--epochs N] [--roi R]
-        [--spacing MM] [--layer-decay D] [--out DIR]
+        [--spacing MM] [--layer-decay D] [--pretrained-lr-scale F] [--out DIR]
 
 Protocol:
 
@@ -35,6 +35,10 @@ tasks keep the ``tiny`` preset's class-centred crops.
 ``--methods mae --layer-decay 0.001`` all but freezes the ViT encoder (its last block trains at 1e-3 of the
 decoder's lr, the earlier ones at 1e-6 and less), so the pre-trained arm fine-tunes a decoder on the
 pre-trained features and the scratch arm the same decoder on random features.
+``--pretrained-lr-scale F`` fine-tunes every pre-trained arm at F times its scratch twin's peak lr (default 1: the
+same). nnssl's adaptation of its ResEnc checkpoints uses 0.1 (TaWald/nnUNet ``PretrainedTrainer``:
+``initial_lr = 1e-3`` with the pre-trained weights, ``1e-2`` without), so that fine-tuning does not wash the
+pre-trained weights out.
 
 Every table names the strongest scratch arm at each k (the best mean test Dice among all scratch twins) and
 reports each method's gain twice: against its own twin, and against that arm (``strongest_scratch``,
@@ -105,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(the tiny presets' 3 mm; 0: the recipe's own)")
     p.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay of the UNETR arms "
                    "(default: the preset's; 0.001 all but freezes the encoder)")
+    p.add_argument("--pretrained-lr-scale", type=float, default=1.0, help="the pre-trained arms fine-tune at this "
+                   "times the scratch arms' peak lr (nnssl's adaptation: 0.1)")
     p.add_argument("--out", default="runs/benchmarks/label_efficiency")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -122,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--labelled needs positive integers and --seeds >= 1")
     if args.layer_decay is not None and not 0.0 < args.layer_decay <= 1.0:
         p.error(f"--layer-decay {args.layer_decay} must be in (0, 1]")
+    if not 0.0 < args.pretrained_lr_scale <= 1.0:
+        p.error(f"--pretrained-lr-scale {args.pretrained_lr_scale} must be in (0, 1]")
     return args
 
 
@@ -149,6 +157,15 @@ def model_overrides(method: str, layer_decay: float | None) -> list[str]:
     if family(method) == "cnn_mae":
         return ["model.arch=resenc_unet", *RESENC_UNET]
     return ["model.arch=unetr", *([] if layer_decay is None else [f"model.layer_decay={layer_decay}"])]
+
+
+def arm_overrides(arm: str, lr_scale: float) -> list[str]:
+    """The fine-tuning overrides of an arm: the pre-trained one at ``lr_scale`` times the ``tiny`` preset's peak lr."""
+    from rayssl.config import FinetuneConfig, load_config
+
+    if arm == "scratch" or lr_scale == 1.0:
+        return []
+    return [f"optim.lr={load_config(FinetuneConfig, 'finetune', 'tiny').optim.lr * lr_scale:g}"]
 
 
 def check_labelled(source: str, labelled: list[int]) -> int:
@@ -271,7 +288,8 @@ def main(argv=None) -> None:
     out = Path(args.out).resolve()
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     settings_file = out / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+    defaults = {k: v for k, v in vars(parse_args([])).items() if k != "out"}  # options added since keep their default
+    if settings_file.is_file() and {**defaults, **json.loads(settings_file.read_text())} != settings:
         raise SystemExit(f"error: {out} holds runs made with other settings ({settings_file}); pass another --out")
     n_train = check_labelled(args.source, args.labelled)
     recipe = recipes(args.source, args.recipe)
@@ -324,7 +342,7 @@ def main(argv=None) -> None:
         if not result_file.is_file():
             cfg = load_config(FinetuneConfig, "finetune", "tiny", overrides=[
                 *common, f"data.recipe={recipe[family(method)]}", *model_overrides(method, args.layer_decay),
-                *sampling_overrides(recipe[family(method)]),
+                *sampling_overrides(recipe[family(method)]), *arm_overrides(arm, args.pretrained_lr_scale),
                 f"pretrained={encoder if arm == 'pretrained' else 'none'}",
                 f"data.train_cases={k}", f"data.subset_seed={seed}", f"data.patches_per_volume={max(1, CROPS_PER_EPOCH // k)}",
                 f"seed={seed}", f"epochs={args.epochs}", f"eval.val_every={max(1, args.epochs // 2)}",

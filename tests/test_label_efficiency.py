@@ -141,3 +141,29 @@ def test_brats_like_regions_fine_tune_on_a_third_tumour_crops_and_other_tasks_ke
 
     assert sampling("mri_brats") == sampling("mri_genesis") == ("balanced", 0.33)
     assert sampling("ct_btcv") == ("classes", 0.5)  # the tiny preset's, unchanged
+
+
+def test_pretrained_arms_fine_tune_at_a_scaled_lr_and_scratch_twins_at_the_presets():
+    from rayssl.config import FinetuneConfig, load_config
+
+    def lr(arm, scale):
+        return load_config(FinetuneConfig, "finetune", "tiny", overrides=bench.arm_overrides(arm, scale)).optim.lr
+
+    preset = load_config(FinetuneConfig, "finetune", "tiny").optim.lr
+    assert bench.parse_args([]).pretrained_lr_scale == 1.0 and bench.arm_overrides("pretrained", 1.0) == []
+    assert lr("pretrained", 0.1) == pytest.approx(preset / 10)  # nnssl's adaptation: 1e-3 with weights, 1e-2 without
+    assert lr("scratch", 0.1) == preset
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--pretrained-lr-scale", "0"])
+
+
+def test_settings_written_before_an_option_was_added_still_match_its_default(tmp_path):
+    argv = ["--labelled", "99"]  # past the guard, refused before any Ray work
+    settings = {k: v for k, v in vars(bench.parse_args(argv)).items() if k not in ("out", "pretrained_lr_scale")}
+    out = tmp_path / "le"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(SystemExit, match="--labelled 99 but"):  # the guard let the default through
+        bench.main([*argv, "--out", str(out)])
+    with pytest.raises(SystemExit, match="holds runs made with other settings"):
+        bench.main([*argv, "--out", str(out), "--pretrained-lr-scale", "0.1"])
