@@ -43,7 +43,10 @@ pre-trained weights out.
 Every table names the strongest scratch arm at each k (the best mean test Dice among all scratch twins) and
 reports each method's gain twice: against its own twin, and against that arm (``strongest_scratch``,
 ``gain_vs_strongest`` in the JSON summary). A run whose validation metric never moves (the same value at every
-validation: a degenerate solution such as one class everywhere) is flagged (``val_flat``) and counted.
+validation: a degenerate solution such as one class everywhere) is flagged (``val_flat``) and counted. For the U-Net
+methods each run also reports how far its fine-tuned weights lie from the pre-trained ones, relative to their norm
+(``weight_drift``; per arm in the summary): a pre-trained arm that drifts as far as its scratch twin's solution lies
+has kept nothing of its pre-training.
 
 Writes ``DIR/label_efficiency.json`` (``rows``, ``summary``, ``settings``) and ``DIR/label_efficiency.png``,
 prints the summary table; the last printed line is the JSON path. Re-running with the same ``--out`` and
@@ -236,6 +239,9 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "gain_mean": statistics.mean(gains), "gain_per_seed": gains,
                 "gain_std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
                 "flat_runs": sum(bool(r.get("val_flat")) for r in rows if r["method"] == method and r["labelled"] == k),
+                "weight_drift": {arm: statistics.mean(d) for arm in ("pretrained", "scratch") if (d := [
+                    r["weight_drift"] for r in rows if (r["method"], r["labelled"], r["arm"]) == (method, k, arm)
+                    and r.get("weight_drift") is not None])},
             })
     for s in out:
         scratch = {t["method"]: t["scratch_mean"] for t in out if t["labelled"] == s["labelled"]}
@@ -243,6 +249,20 @@ def summarise(rows: list[dict]) -> list[dict]:
         s["strongest_scratch"] = {"method": strongest, "test_dice": scratch[strongest]}
         s["gain_vs_strongest"] = s["pretrained_mean"] - scratch[strongest]
     return out
+
+
+def weight_drift(pretrained: Path, finetuned: Path) -> float | None:
+    """How far fine-tuning took a U-Net from the pre-trained weights: ``|W - W_pre| / |W_pre|`` over the weight tensors
+    (2 or more dims) that both files hold with the same shape, so the new output layer is left out. About 1.4 for an
+    unrelated network of the same norm; ``None`` without shared tensors (an MAE encoder against UNETR)."""
+    from safetensors.torch import load_file
+
+    pre, ft = load_file(pretrained), load_file(finetuned)
+    keys = [k for k, v in pre.items() if v.ndim > 1 and k in ft and ft[k].shape == v.shape]
+    if not keys:
+        return None
+    diff = sum(float((ft[k].double() - pre[k].double()).square().sum()) for k in keys)
+    return (diff / sum(float(pre[k].double().square().sum()) for k in keys)) ** 0.5
 
 
 def validations(metrics_file: Path) -> list[dict]:
@@ -355,10 +375,13 @@ def main(argv=None) -> None:
                "test_dice": result["test"]["mean_dice"], "val_dice": result["val"]["mean_dice"],
                "wall_s": float((out / name / "wall_s.txt").read_text()),
                "pretrained_tensors": result["pretrained"]["loaded"], "val_flat": val_flat(out / name / "metrics.jsonl"),
-               "val_foreground": validations(out / name / "metrics.jsonl")[-1].get("val_foreground")}
+               "val_foreground": validations(out / name / "metrics.jsonl")[-1].get("val_foreground"),
+               "weight_drift": weight_drift(Path(encoder) / "export/unet.safetensors", out / name / "best.safetensors")
+               if family(method) != "mae" else None}
         flat = (f"  FLAT: its validation metric never moved (last validation predicted {row['val_foreground']} of the "
                 "voxels foreground)") if row["val_flat"] else ""
-        print(f"[label_efficiency] {method} {arm} k={k} seed {seed}: test Dice {row['test_dice']:.4f} "
+        drift = "" if row["weight_drift"] is None else f", {row['weight_drift']:.2f} from the pre-trained weights"
+        print(f"[label_efficiency] {method} {arm} k={k} seed {seed}: test Dice {row['test_dice']:.4f}{drift} "
               f"({row['wall_s']:.0f} s){flat}", flush=True)
         return row
 

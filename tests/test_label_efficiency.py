@@ -167,3 +167,21 @@ def test_settings_written_before_an_option_was_added_still_match_its_default(tmp
         bench.main([*argv, "--out", str(out)])
     with pytest.raises(SystemExit, match="holds runs made with other settings"):
         bench.main([*argv, "--out", str(out), "--pretrained-lr-scale", "0.1"])
+
+
+def test_weight_drift_by_hand(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    pre = {"conv.weight": torch.ones(2, 2), "norm.bias": torch.ones(3), "head.weight": torch.ones(4, 1)}
+    ft = {"conv.weight": torch.full((2, 2), 1.5), "norm.bias": torch.zeros(3), "head.weight": torch.ones(7, 1)}
+    save_file(pre, tmp_path / "pre.safetensors")
+    save_file(ft, tmp_path / "ft.safetensors")
+    # conv only: |0.5 * ones(2, 2)| / |ones(2, 2)| = 0.5; the bias (1-D) and the reshaped head are left out
+    assert bench.weight_drift(tmp_path / "pre.safetensors", tmp_path / "ft.safetensors") == pytest.approx(0.5)
+    save_file({"vit.weight": torch.ones(2, 2)}, tmp_path / "other.safetensors")
+    assert bench.weight_drift(tmp_path / "pre.safetensors", tmp_path / "other.safetensors") is None
+    rows = [{"method": "genesis", "arm": arm, "labelled": 1, "seed": s, "test_dice": 0.5, "weight_drift": d}
+            for arm, s, d in (("pretrained", 0, 0.2), ("pretrained", 1, 0.4), ("scratch", 0, 1.3), ("scratch", 1, 1.5))]
+    (s,) = bench.summarise(rows)
+    assert s["weight_drift"] == pytest.approx({"pretrained": 0.3, "scratch": 1.4})
