@@ -325,6 +325,7 @@ def main(argv=None) -> None:
 
     from rayssl.config import FinetuneConfig, PretrainConfig, load_config
     from rayssl.finetune.driver import finetune
+    from rayssl.finetune.weights import resolve_pretrained
     from rayssl.pretrain.driver import pretrain
     from rayssl.train.launch import init_ray
 
@@ -376,7 +377,7 @@ def main(argv=None) -> None:
                "wall_s": float((out / name / "wall_s.txt").read_text()),
                "pretrained_tensors": result["pretrained"]["loaded"], "val_flat": val_flat(out / name / "metrics.jsonl"),
                "val_foreground": validations(out / name / "metrics.jsonl")[-1].get("val_foreground"),
-               "weight_drift": weight_drift(Path(encoder) / "export/unet.safetensors", out / name / "best.safetensors")
+               "weight_drift": weight_drift(resolve_pretrained(encoder), out / name / "best.safetensors")
                if family(method) != "mae" else None}
         flat = (f"  FLAT: its validation metric never moved (last validation predicted {row['val_foreground']} of the "
                 "voxels foreground)") if row["val_flat"] else ""
